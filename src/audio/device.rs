@@ -1,0 +1,407 @@
+//! `audio.source = "default"` or a device id from `voxgate devices`: capture through cpal.
+//!
+//! Threads: cpal's own audio thread runs the data callback, which converts samples to f32 and pushes them
+//! into a lock-free ring (`rtrb`) without blocking or allocating, counts what did not fit, and unparks the
+//! capture thread. The capture thread (ours) owns the cpal stream, drains the ring through the [`Converter`]
+//! into frames, and rebuilds the stream with capped exponential backoff when the device is missing, busy or
+//! lost. cpal's error callback only records the first error and unparks the capture thread: some backends
+//! call it in a busy loop once a device is gone, and the stream is dropped from outside.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig, SupportedStreamConfigRange};
+
+use super::{AudioError, Converter, FrameSink, SourceContext};
+use crate::config::{AudioConfig, CaptureFormat, SourceSpec};
+
+/// First wait before reopening a device that failed.
+pub const BACKOFF_START: Duration = Duration::from_millis(500);
+/// Longest wait between attempts: a re-plugged microphone is picked up within this.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Device ring: one second of device samples.
+const RING_MS: usize = 1000;
+/// How long cpal may take to open a stream.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the capture thread opened the device with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chosen {
+    pub format: SampleFormat,
+    pub channels: u16,
+    pub rate: u32,
+}
+
+impl std::fmt::Display for Chosen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} Hz, {} ch, {}", self.rate, self.channels, self.format)
+    }
+}
+
+/// One capture device as `voxgate devices` shows it.
+#[derive(Debug)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub description: String,
+    pub is_default: bool,
+    pub configs: Vec<ConfigRange>,
+    /// Why the formats could not be read, if they could not.
+    pub error: Option<String>,
+}
+
+impl DeviceInfo {
+    /// The configurations merged per sample format: (format, channels min..max, rates min..max), usable
+    /// formats only, in order of preference.
+    pub fn summary(&self) -> Vec<ConfigRange> {
+        let mut out: Vec<ConfigRange> = Vec::new();
+        for f in SUPPORTED {
+            for c in self.configs.iter().filter(|c| c.format == f) {
+                match out.iter_mut().find(|o| o.format == f) {
+                    Some(o) => {
+                        o.min_rate = o.min_rate.min(c.min_rate);
+                        o.max_rate = o.max_rate.max(c.max_rate);
+                        o.channels = o.channels.max(c.channels);
+                    }
+                    None => out.push(c.clone()),
+                }
+            }
+        }
+        out
+    }
+
+    /// Channel counts offered for `format`, lowest first.
+    pub fn channels(&self, format: SampleFormat) -> (u16, u16) {
+        let mut it = self.configs.iter().filter(|c| c.format == format).map(|c| c.channels);
+        let first = it.next().unwrap_or(0);
+        it.fold((first, first), |(lo, hi), c| (lo.min(c), hi.max(c)))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigRange {
+    pub format: SampleFormat,
+    pub channels: u16,
+    pub min_rate: u32,
+    pub max_rate: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot list capture devices of the {host} audio host: {source}")]
+    List { host: String, source: cpal::Error },
+    #[error("capture device {0:?} not found (see `voxgate devices`)")]
+    NotFound(String),
+    #[error("no default capture device")]
+    NoDefault,
+    #[error("capture device {device}: cannot read its formats: {source}")]
+    Formats { device: String, source: cpal::Error },
+    #[error("capture device {device} offers no usable format{wanted} (offered: {offered})")]
+    NoFormat { device: String, wanted: String, offered: String },
+    #[error("capture device {device}: cannot open {chosen}: {source}")]
+    Open { device: String, chosen: Chosen, source: cpal::Error },
+    #[error("capture device {device}: cannot start: {source}")]
+    Play { device: String, source: cpal::Error },
+    #[error("capture device {device} failed: {message}")]
+    Lost { device: String, message: String },
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+}
+
+const SUPPORTED: [SampleFormat; 7] = [
+    SampleFormat::I16,
+    SampleFormat::F32,
+    SampleFormat::I32,
+    SampleFormat::I8,
+    SampleFormat::U8,
+    SampleFormat::U16,
+    SampleFormat::F64,
+];
+
+/// Lists the capture devices of the default host.
+pub fn list() -> Result<Vec<DeviceInfo>, DeviceError> {
+    let host = cpal::default_host();
+    let host_name = host.id().name().to_string();
+    let default_id = host.default_input_device().and_then(|d| d.id().ok());
+    let devices = host.input_devices().map_err(|source| DeviceError::List { host: host_name, source })?;
+    let mut out = Vec::new();
+    for d in devices {
+        let Ok(id) = d.id() else { continue };
+        let description = d.description().map(|x| x.name().to_string()).unwrap_or_default();
+        let (configs, error) = match d.supported_input_configs() {
+            Ok(c) => (c.map(|r| range(&r)).collect(), None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        out.push(DeviceInfo { is_default: Some(&id) == default_id.as_ref(), id: id.to_string(), description, configs, error });
+    }
+    Ok(out)
+}
+
+fn range(r: &SupportedStreamConfigRange) -> ConfigRange {
+    ConfigRange { format: r.sample_format(), channels: r.channels(), min_rate: r.min_sample_rate(), max_rate: r.max_sample_rate() }
+}
+
+/// Finds the device `source` names: "default", a full id ("alsa:hw:1,0"), or an ALSA id without its host.
+fn find(name: &str) -> Result<cpal::Device, DeviceError> {
+    let host = cpal::default_host();
+    if name == "default" {
+        return host.default_input_device().ok_or(DeviceError::NoDefault);
+    }
+    let candidates = [name.to_string(), format!("{}:{name}", host.id().name().to_lowercase())];
+    candidates
+        .iter()
+        .filter_map(|c| c.parse::<cpal::DeviceId>().ok())
+        .find_map(|id| host.device_by_id(&id))
+        .ok_or_else(|| DeviceError::NotFound(name.to_string()))
+}
+
+/// Picks the capture format: the target rate, mono and 16-bit when offered; otherwise what the device offers
+/// (preferring the target rate, then 48 and 44.1 kHz, then fewer channels), converted afterwards. The
+/// `audio.capture_*` keys narrow the choice.
+pub fn choose(ranges: &[ConfigRange], target_rate: u32, audio: &AudioConfig) -> Option<Chosen> {
+    let want_format = match audio.capture_format {
+        CaptureFormat::Auto => None,
+        CaptureFormat::I16 => Some(SampleFormat::I16),
+        CaptureFormat::I32 => Some(SampleFormat::I32),
+        CaptureFormat::F32 => Some(SampleFormat::F32),
+    };
+    let contains = |r: &ConfigRange, rate: u32| r.min_rate <= rate && rate <= r.max_rate;
+    ranges
+        .iter()
+        .filter(|r| SUPPORTED.contains(&r.format))
+        .filter(|r| want_format.is_none_or(|f| f == r.format))
+        .filter(|r| audio.capture_channels == 0 || r.channels == audio.capture_channels)
+        .filter(|r| audio.capture_rate == 0 || contains(r, audio.capture_rate))
+        .map(|r| {
+            let rate = if audio.capture_rate != 0 {
+                audio.capture_rate
+            } else {
+                [target_rate, 48_000, 44_100].into_iter().find(|&x| contains(r, x)).unwrap_or(r.max_rate)
+            };
+            let format_rank = SUPPORTED.len() - SUPPORTED.iter().position(|f| *f == r.format).unwrap_or(0);
+            let score = (rate == target_rate, std::cmp::Reverse(r.channels), format_rank, rate);
+            (score, Chosen { format: r.format, channels: r.channels, rate })
+        })
+        .max_by_key(|(score, _)| *score)
+        .map(|(_, c)| c)
+}
+
+/// Shared between the cpal callbacks and the capture thread.
+struct Shared {
+    capture_thread: std::thread::Thread,
+    failed: AtomicBool,
+    /// First error of this stream; later ones (a busy loop, on some backends) are ignored.
+    error: OnceLock<String>,
+}
+
+struct Opened {
+    stream: cpal::Stream,
+    ring: rtrb::Consumer<f32>,
+    shared: Arc<Shared>,
+    chosen: Chosen,
+}
+
+fn open(ctx: &SourceContext, name: &str) -> Result<Opened, DeviceError> {
+    let device = find(name)?;
+    let label = device.id().map(|i| i.to_string()).unwrap_or_else(|_| name.to_string());
+    let ranges: Vec<ConfigRange> = device
+        .supported_input_configs()
+        .map_err(|source| DeviceError::Formats { device: label.clone(), source })?
+        .map(|r| range(&r))
+        .collect();
+    let chosen = choose(&ranges, ctx.spec.sample_rate, &ctx.config).ok_or_else(|| DeviceError::NoFormat {
+        device: label.clone(),
+        wanted: wanted_text(&ctx.config),
+        offered: ranges.iter().map(|r| format!("{} {} ch {}-{} Hz", r.format, r.channels, r.min_rate, r.max_rate)).collect::<Vec<_>>().join(", "),
+    })?;
+    let (producer, ring) = rtrb::RingBuffer::new(chosen.rate as usize * chosen.channels as usize * RING_MS / 1000);
+    let shared = Arc::new(Shared { capture_thread: std::thread::current(), failed: AtomicBool::new(false), error: OnceLock::new() });
+    let config = StreamConfig { channels: chosen.channels, sample_rate: chosen.rate, buffer_size: cpal::BufferSize::Default };
+    let stream = match chosen.format {
+        SampleFormat::I16 => build::<i16>(&device, config, producer, &shared, ctx),
+        SampleFormat::F32 => build::<f32>(&device, config, producer, &shared, ctx),
+        SampleFormat::I32 => build::<i32>(&device, config, producer, &shared, ctx),
+        SampleFormat::I8 => build::<i8>(&device, config, producer, &shared, ctx),
+        SampleFormat::U8 => build::<u8>(&device, config, producer, &shared, ctx),
+        SampleFormat::U16 => build::<u16>(&device, config, producer, &shared, ctx),
+        _ => build::<f64>(&device, config, producer, &shared, ctx),
+    }
+    .map_err(|source| DeviceError::Open { device: label.clone(), chosen, source })?;
+    stream.play().map_err(|source| DeviceError::Play { device: label, source })?;
+    Ok(Opened { stream, ring, shared, chosen })
+}
+
+fn wanted_text(audio: &AudioConfig) -> String {
+    let mut parts = Vec::new();
+    if audio.capture_format != CaptureFormat::Auto {
+        parts.push(format!("format {:?}", audio.capture_format).to_lowercase());
+    }
+    if audio.capture_channels != 0 {
+        parts.push(format!("{} channels", audio.capture_channels));
+    }
+    if audio.capture_rate != 0 {
+        parts.push(format!("{} Hz", audio.capture_rate));
+    }
+    if parts.is_empty() { String::new() } else { format!(" with {}", parts.join(", ")) }
+}
+
+fn build<T>(
+    device: &cpal::Device,
+    config: StreamConfig,
+    mut producer: rtrb::Producer<f32>,
+    shared: &Arc<Shared>,
+    ctx: &SourceContext,
+) -> Result<cpal::Stream, cpal::Error>
+where
+    T: SizedSample + Send + 'static,
+    f32: FromSample<T>,
+{
+    let data_shared = shared.clone();
+    let err_shared = shared.clone();
+    let stats = ctx.stats.clone();
+    device.build_input_stream::<T, _, _>(
+        config,
+        move |data: &[T], _| {
+            let n = producer.slots().min(data.len());
+            if let Ok(chunk) = producer.write_chunk_uninit(n) {
+                chunk.fill_from_iter(data.iter().map(|s| f32::from_sample_(*s)));
+            }
+            if n < data.len() {
+                stats.ring_overflow_samples.fetch_add((data.len() - n) as u64, Ordering::Relaxed);
+            }
+            data_shared.capture_thread.unpark();
+        },
+        move |e: cpal::Error| {
+            if e.kind() == cpal::ErrorKind::DeviceChanged {
+                return;
+            }
+            if err_shared.error.get().is_none() {
+                let _ = err_shared.error.set(e.to_string());
+            }
+            if !err_shared.failed.swap(true, Ordering::AcqRel) {
+                err_shared.capture_thread.unpark();
+            }
+        },
+        Some(OPEN_TIMEOUT),
+    )
+}
+
+/// The capture thread: open, capture until the device fails or we are stopped, back off, repeat.
+pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioError> {
+    let SourceSpec::Device(name) = ctx.config.source_spec() else { unreachable!("device backend chosen for a device source") };
+    ctx.stop.register_current_thread();
+    let mut backoff = BACKOFF_START;
+    let mut last_error: Option<String> = None;
+    while !ctx.stop.is_stopped() {
+        let failure = match open(&ctx, &name) {
+            Ok(opened) => {
+                ctx.stats.opens.fetch_add(1, Ordering::Relaxed);
+                let state = format!("capturing from {name} ({})", opened.chosen);
+                tracing::info!(device = %name, "{state}");
+                ctx.stats.set_state(state);
+                last_error = None;
+                backoff = BACKOFF_START;
+                match capture(&ctx, &mut sink, opened) {
+                    Ok(Ended::Stopped) => return Ok(()),
+                    Ok(Ended::Failed(message)) => DeviceError::Lost { device: name.clone(), message },
+                    Err(e) => DeviceError::Audio(e),
+                }
+            }
+            Err(e) => e,
+        };
+        let message = failure.to_string();
+        // Logged once per distinct failure, not once per attempt.
+        if last_error.as_deref() != Some(&message) {
+            tracing::warn!(device = %name, "{message}; waiting for it, retrying every {} s at most", BACKOFF_MAX.as_secs());
+            last_error = Some(message.clone());
+        } else {
+            tracing::debug!(device = %name, "{message}; retrying in {} ms", backoff.as_millis());
+        }
+        ctx.stats.set_state(format!("waiting for capture device {name}: {message}"));
+        if !ctx.clock.sleep_until(ctx.clock.now() + backoff, &ctx.stop) {
+            return Ok(());
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    Ok(())
+}
+
+enum Ended {
+    Stopped,
+    Failed(String),
+}
+
+fn capture(ctx: &SourceContext, sink: &mut FrameSink, mut opened: Opened) -> Result<Ended, AudioError> {
+    let chosen = opened.chosen;
+    let mut conv = Converter::new(chosen.channels, chosen.rate, ctx.spec.sample_rate, ctx.spec.samples())?;
+    let mut emit = |pcm: Vec<i16>| sink.push(pcm);
+    loop {
+        if ctx.stop.is_stopped() {
+            return Ok(Ended::Stopped);
+        }
+        let available = opened.ring.slots();
+        // Only whole device frames go to the converter.
+        let take = available - available % chosen.channels as usize;
+        if take > 0 {
+            let Ok(chunk) = opened.ring.read_chunk(take) else { continue };
+            let (a, b) = chunk.as_slices();
+            let alive = conv.push(a, &mut emit) && conv.push(b, &mut emit);
+            chunk.commit_all();
+            if !alive {
+                return Ok(Ended::Stopped);
+            }
+            continue;
+        }
+        if opened.shared.failed.load(Ordering::Acquire) {
+            let message = opened.shared.error.get().cloned().unwrap_or_else(|| "stream error".into());
+            drop(opened.stream);
+            return Ok(Ended::Failed(message));
+        }
+        // Woken by the data callback, the error callback or stop.
+        std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(format: SampleFormat, channels: u16, min_rate: u32, max_rate: u32) -> ConfigRange {
+        ConfigRange { format, channels, min_rate, max_rate }
+    }
+
+    #[test]
+    fn choice_prefers_exact_then_converts() {
+        let audio = AudioConfig::default();
+        let cases: &[(&[ConfigRange], Option<Chosen>)] = &[
+            (
+                &[r(SampleFormat::F32, 2, 8000, 48000), r(SampleFormat::I16, 1, 8000, 48000)],
+                Some(Chosen { format: SampleFormat::I16, channels: 1, rate: 16000 }),
+            ),
+            (
+                // Fewer channels first, then the sample format, then the rate.
+                &[r(SampleFormat::F32, 2, 48000, 48000), r(SampleFormat::I16, 2, 44100, 44100), r(SampleFormat::I32, 1, 48000, 48000)],
+                Some(Chosen { format: SampleFormat::I32, channels: 1, rate: 48000 }),
+            ),
+            (
+                &[r(SampleFormat::F32, 2, 48000, 48000), r(SampleFormat::I16, 2, 44100, 44100)],
+                Some(Chosen { format: SampleFormat::I16, channels: 2, rate: 44100 }),
+            ),
+            (&[r(SampleFormat::I24, 1, 16000, 16000)], None),
+            (&[], None),
+        ];
+        for (ranges, want) in cases {
+            assert_eq!(choose(ranges, 16000, &audio), *want, "{ranges:?}");
+        }
+    }
+
+    #[test]
+    fn overrides_narrow_the_choice() {
+        let audio = AudioConfig { capture_rate: 48000, capture_channels: 2, capture_format: CaptureFormat::F32, ..AudioConfig::default() };
+        let ranges = [r(SampleFormat::I16, 1, 8000, 48000), r(SampleFormat::F32, 2, 8000, 48000)];
+        assert_eq!(choose(&ranges, 16000, &audio), Some(Chosen { format: SampleFormat::F32, channels: 2, rate: 48000 }));
+        let mono_only = [r(SampleFormat::F32, 1, 8000, 48000)];
+        assert_eq!(choose(&mono_only, 16000, &audio), None);
+    }
+}

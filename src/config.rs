@@ -1,0 +1,585 @@
+//! Configuration: built-in defaults, then the TOML file, then `VOXGATE_<SECTION>__<KEY>` environment
+//! variables, layered with the `config` crate into [`Config`], then validated as a whole.
+//!
+//! Every problem is reported with where the offending value came from (the file, the variable, or the
+//! built-in default), the key and what is wrong; all problems are reported at once. Unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where `voxgate run` looks when `--config` is not given. Missing is fine: built-in defaults apply.
+pub const DEFAULT_PATH: &str = "/etc/voxgate/voxgate.toml";
+/// Prefix of configuration environment variables: `VOXGATE_SESSION__URL` sets `session.url`.
+pub const ENV_PREFIX: &str = "VOXGATE_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub audio: AudioConfig,
+    pub wake: WakeConfig,
+    pub session: SessionConfig,
+    pub control: ControlConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// "default", a device id from `voxgate devices`, "file:PATH.wav" or "stdin".
+    pub source: String,
+    pub sample_rate: u32,
+    pub frame_ms: u32,
+    pub file_pacing: FilePacing,
+    pub file_follow: bool,
+    /// With `file_follow`: the file has ended once it has not grown for this long.
+    pub file_follow_idle_ms: u64,
+    /// Capture devices: force this device rate (0 = choose).
+    pub capture_rate: u32,
+    /// Capture devices: force this channel count (0 = choose).
+    pub capture_channels: u16,
+    /// Capture devices: force this sample format.
+    pub capture_format: CaptureFormat,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        AudioConfig {
+            source: "default".into(),
+            sample_rate: 16000,
+            frame_ms: 20,
+            file_pacing: FilePacing::Realtime,
+            file_follow: false,
+            file_follow_idle_ms: 5000,
+            capture_rate: 0,
+            capture_channels: 0,
+            capture_format: CaptureFormat::Auto,
+        }
+    }
+}
+
+/// What `audio.source` selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    Device(String),
+    File(PathBuf),
+    Stdin,
+}
+
+impl AudioConfig {
+    pub fn source_spec(&self) -> SourceSpec {
+        if let Some(path) = self.source.strip_prefix("file:") {
+            SourceSpec::File(PathBuf::from(path))
+        } else if self.source == "stdin" {
+            SourceSpec::Stdin
+        } else {
+            SourceSpec::Device(self.source.clone())
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilePacing {
+    Realtime,
+    Fast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureFormat {
+    Auto,
+    I16,
+    I32,
+    F32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WakeConfig {
+    pub mode: WakeMode,
+    /// .rpw files; empty = the built-in "hey_jarvis".
+    pub models: Vec<PathBuf>,
+    pub threshold: f64,
+    pub refractory_ms: u64,
+}
+
+impl Default for WakeConfig {
+    fn default() -> Self {
+        WakeConfig { mode: WakeMode::Wakeword, models: Vec::new(), threshold: 0.55, refractory_ms: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WakeMode {
+    Wakeword,
+    Always,
+    Manual,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    pub url: String,
+    pub protocol: Protocol,
+    pub token_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub preroll_ms: u64,
+    pub queue_ms: u64,
+    pub end_silence_ms: u64,
+    pub no_speech_ms: u64,
+    pub max_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            url: "ws://127.0.0.1:8765/".into(),
+            protocol: Protocol::Voxgate,
+            token_file: PathBuf::new(),
+            ca_file: PathBuf::new(),
+            preroll_ms: 2000,
+            queue_ms: 2000,
+            end_silence_ms: 800,
+            no_speech_ms: 4000,
+            max_ms: 20000,
+            connect_timeout_ms: 2000,
+            drain_timeout_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Voxgate,
+    Vosk,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+    /// Octal permission bits of the socket file, as a string ("0660").
+    pub socket_mode: String,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig { socket: PathBuf::from("/run/voxgate/control.sock"), socket_mode: "0660".into() }
+    }
+}
+
+impl ControlConfig {
+    /// `socket_mode` as permission bits; valid after validation.
+    pub fn mode(&self) -> u32 {
+        u32::from_str_radix(&self.socket_mode, 8).unwrap_or(0o660)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: "info", "debug", "voxgate=debug,warn", …
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Auto }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Journald,
+    Text,
+    Json,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// "configuration file /etc/voxgate/voxgate.toml", "environment variable VOXGATE_AUDIO__SOURCE", …
+    pub origin: String,
+    /// "audio.sample_rate"
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("configuration file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid configuration:\n{}", list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+}
+
+/// A loaded, validated configuration and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    /// The file read, if any.
+    pub file: Option<PathBuf>,
+}
+
+/// Loads the configuration for a command: `explicit` from `--config` (must exist), else [`DEFAULT_PATH`] if it
+/// exists, else built-in defaults; with the process environment on top.
+pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    let path = match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => Path::new(DEFAULT_PATH).exists().then(|| PathBuf::from(DEFAULT_PATH)),
+    };
+    let text = match &path {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source })?),
+        None => None,
+    };
+    let config = from_sources(path.as_deref().zip(text.as_deref()), &env)?;
+    Ok(Loaded { config, file: path })
+}
+
+/// Layers defaults, an optional file `(path, text)` and environment variables, then validates.
+pub fn from_sources(file: Option<(&Path, &str)>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+    let known = known_keys();
+    let mut problems = Vec::new();
+    let mut file_table = toml::Table::new();
+    let mut builder = config::Config::builder().add_source(
+        config::Config::try_from(&Config::default()).map_err(|e| invalid("built-in defaults", "", e.to_string()))?,
+    );
+    let file_origin = file.map(|(p, _)| format!("configuration file {}", p.display()));
+    if let Some((path, text)) = file {
+        file_table = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string().trim_end().to_string() })?;
+        check_file_keys(&file_table, &known, file_origin.as_deref().unwrap_or_default(), &mut problems);
+        builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+    }
+    let mut env_vars = BTreeMap::new();
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
+        // Only VOXGATE_<SECTION>__<KEY> is configuration; other VOXGATE_* variables are left alone.
+        let Some((section, key)) = rest.split_once("__") else { continue };
+        let dotted = format!("{}.{}", section.to_lowercase(), key.to_lowercase());
+        if known.get(&section.to_lowercase()).is_none_or(|keys| !keys.contains(&key.to_lowercase())) {
+            problems.push(Problem { origin: format!("environment variable {var}"), key: dotted, message: "unknown key".into() });
+            continue;
+        }
+        env_vars.insert(var.clone(), value.clone());
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    let origins = Origins { file: file_origin.as_deref(), file_table: &file_table, env: &env_vars };
+    builder = builder.add_source(
+        config::Environment::with_prefix("VOXGATE")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("wake.models")
+            .source(Some(env_vars.clone().into_iter().collect())),
+    );
+    let config: Config = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| {
+            let message = e.to_string();
+            let key = key_in_message(&message).unwrap_or_default();
+            ConfigError::Invalid(vec![Problem { origin: origins.of(&key), key, message: strip_key_suffix(&message) }])
+        })?;
+    let problems: Vec<Problem> = validate(&config)
+        .into_iter()
+        .map(|(key, message)| Problem { origin: origins.of(key), key: key.to_string(), message })
+        .collect();
+    if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(problems)) }
+}
+
+fn invalid(origin: &str, key: &str, message: String) -> ConfigError {
+    ConfigError::Invalid(vec![Problem { origin: origin.into(), key: key.into(), message }])
+}
+
+/// Which source a key's effective value came from.
+struct Origins<'a> {
+    file: Option<&'a str>,
+    file_table: &'a toml::Table,
+    env: &'a BTreeMap<String, String>,
+}
+
+impl Origins<'_> {
+    fn of(&self, key: &str) -> String {
+        let (section, name) = key.split_once('.').unwrap_or((key, ""));
+        let var = format!("{ENV_PREFIX}{}__{}", section.to_uppercase(), name.to_uppercase());
+        if self.env.contains_key(&var) {
+            return format!("environment variable {var}");
+        }
+        let in_file = self.file_table.get(section).and_then(|s| s.as_table()).is_some_and(|t| t.contains_key(name));
+        match self.file {
+            Some(f) if in_file => f.to_string(),
+            _ => "built-in default".to_string(),
+        }
+    }
+}
+
+/// `config` names the key as "for key `audio.sample_rate`"; pull it out so the origin can be named.
+fn key_in_message(message: &str) -> Option<String> {
+    let start = message.find("for key `")? + "for key `".len();
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+fn strip_key_suffix(message: &str) -> String {
+    match message.find(" for key `") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Section → keys, taken from the defaults so the list cannot drift from the types.
+fn known_keys() -> BTreeMap<String, Vec<String>> {
+    let table = toml::Table::try_from(Config::default()).unwrap_or_default();
+    table
+        .into_iter()
+        .map(|(section, v)| {
+            let keys = v.as_table().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+            (section, keys)
+        })
+        .collect()
+}
+
+fn check_file_keys(table: &toml::Table, known: &BTreeMap<String, Vec<String>>, origin: &str, problems: &mut Vec<Problem>) {
+    let sections = known.keys().cloned().collect::<Vec<_>>().join(", ");
+    for (section, value) in table {
+        let Some(keys) = known.get(section) else {
+            problems.push(Problem { origin: origin.into(), key: section.clone(), message: format!("unknown section (known: {sections})") });
+            continue;
+        };
+        let Some(t) = value.as_table() else {
+            problems.push(Problem { origin: origin.into(), key: section.clone(), message: format!("must be a table: [{section}]") });
+            continue;
+        };
+        for key in t.keys().filter(|k| !keys.contains(k)) {
+            problems.push(Problem {
+                origin: origin.into(),
+                key: format!("{section}.{key}"),
+                message: format!("unknown key (known in [{section}]: {})", keys.join(", ")),
+            });
+        }
+    }
+}
+
+/// Checks ranges, formats and files. Returns (key, what is wrong) pairs.
+pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
+    let mut p: Vec<(&'static str, String)> = Vec::new();
+    let mut range = |key: &'static str, v: u64, lo: u64, hi: u64| {
+        if v < lo || v > hi {
+            p.push((key, format!("{v} is out of range ({lo}..={hi})")));
+        }
+    };
+    let a = &c.audio;
+    range("audio.sample_rate", a.sample_rate as u64, 8000, 48000);
+    range("audio.frame_ms", a.frame_ms as u64, 10, 100);
+    range("audio.file_follow_idle_ms", a.file_follow_idle_ms, 100, 86_400_000);
+    range("audio.capture_channels", a.capture_channels as u64, 0, 32);
+    if a.capture_rate != 0 {
+        range("audio.capture_rate", a.capture_rate as u64, 4000, 384_000);
+    }
+    let s = &c.session;
+    range("wake.refractory_ms", c.wake.refractory_ms, 0, 60_000);
+    range("session.preroll_ms", s.preroll_ms, 0, 10_000);
+    range("session.queue_ms", s.queue_ms, a.frame_ms as u64, 60_000);
+    range("session.end_silence_ms", s.end_silence_ms, 100, 10_000);
+    range("session.no_speech_ms", s.no_speech_ms, 500, 60_000);
+    range("session.max_ms", s.max_ms, 1000, 3_600_000);
+    range("session.connect_timeout_ms", s.connect_timeout_ms, 100, 60_000);
+    range("session.drain_timeout_ms", s.drain_timeout_ms, 0, 60_000);
+    if (a.sample_rate as u64 * a.frame_ms as u64) % 1000 != 0 {
+        p.push(("audio.frame_ms", format!("{} ms at {} Hz is not a whole number of samples", a.frame_ms, a.sample_rate)));
+    }
+    match a.source_spec() {
+        SourceSpec::File(path) if path.as_os_str().is_empty() => p.push(("audio.source", "\"file:\" needs a path: \"file:/path/to/audio.wav\"".into())),
+        SourceSpec::File(path) if !path.is_file() => p.push(("audio.source", format!("{} is not a file", path.display()))),
+        SourceSpec::Device(d) if d.trim().is_empty() => p.push(("audio.source", "empty; use \"default\", a device from `voxgate devices`, \"file:PATH.wav\" or \"stdin\"".into())),
+        _ => {}
+    }
+    if !(c.wake.threshold > 0.0 && c.wake.threshold < 1.0) {
+        p.push(("wake.threshold", format!("{} is out of range (between 0 and 1)", c.wake.threshold)));
+    }
+    for m in &c.wake.models {
+        if !m.is_file() {
+            p.push(("wake.models", format!("{} is not a file", m.display())));
+        }
+    }
+    match url::Url::parse(&s.url) {
+        Ok(u) if !matches!(u.scheme(), "ws" | "wss") => p.push(("session.url", format!("{:?}: the scheme must be ws or wss", s.url))),
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => p.push(("session.url", format!("{:?} has no host", s.url))),
+        Ok(_) => {}
+        Err(e) => p.push(("session.url", format!("{:?} is not a URL: {e}", s.url))),
+    }
+    for (key, path) in [("session.token_file", &s.token_file), ("session.ca_file", &s.ca_file)] {
+        if !path.as_os_str().is_empty() {
+            if let Err(e) = std::fs::File::open(path) {
+                p.push((key, format!("cannot read {}: {e}", path.display())));
+            }
+        }
+    }
+    let sock = &c.control.socket;
+    if !sock.is_absolute() {
+        p.push(("control.socket", format!("{} must be an absolute path", sock.display())));
+    } else if sock.as_os_str().len() > 107 {
+        p.push(("control.socket", format!("{} is longer than a Unix socket path may be (107 bytes)", sock.display())));
+    }
+    match u32::from_str_radix(&c.control.socket_mode, 8) {
+        Ok(m) if m <= 0o777 => {}
+        _ => p.push(("control.socket_mode", format!("{:?} is not an octal permission mode like \"0660\"", c.control.socket_mode))),
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
+        p.push(("log.level", format!("{:?} is not a log filter (e.g. \"info\", \"debug\", \"voxgate=debug,warn\"): {e}", c.log.level)));
+    }
+    p
+}
+
+/// The effective configuration as TOML, for `check-config`.
+pub fn to_toml(c: &Config) -> String {
+    toml::to_string(c).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn load_str(text: &str, e: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        from_sources(Some((Path::new("/etc/voxgate/test.toml"), text)), &env(e))
+    }
+
+    fn problems(r: Result<Config, ConfigError>) -> Vec<Problem> {
+        match r {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = from_sources(None, &BTreeMap::new()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.session.url, "ws://127.0.0.1:8765/");
+        assert_eq!((c.audio.sample_rate, c.audio.frame_ms, c.session.preroll_ms), (16000, 20, 2000));
+    }
+
+    #[test]
+    fn file_then_env_layering() {
+        let c = load_str("[audio]\nsample_rate = 8000\n[session]\nurl = \"ws://a/\"\nmax_ms = 5000\n", &[
+            ("VOXGATE_SESSION__URL", "wss://b:9/x"),
+            ("VOXGATE_WAKE__MODELS", "/dev/null,/dev/null"),
+            ("VOXGATE_LOG__LEVEL", "debug"),
+            ("VOXGATE_UNRELATED", "ignored"),
+        ])
+        .unwrap_err();
+        // /dev/null is not a regular file: the env list reached validation, entry by entry.
+        let p = problems(Err(c));
+        assert_eq!(p.len(), 2);
+        assert!(p.iter().all(|x| x.key == "wake.models" && x.origin == "environment variable VOXGATE_WAKE__MODELS"), "{p:?}");
+
+        let c = load_str("[audio]\nsample_rate = 8000\n[session]\nurl = \"ws://a/\"\nmax_ms = 5000\n", &[
+            ("VOXGATE_SESSION__URL", "wss://b:9/x"),
+            ("VOXGATE_SESSION__NO_SPEECH_MS", "1500"),
+            ("VOXGATE_AUDIO__FILE_FOLLOW", "true"),
+        ])
+        .unwrap();
+        assert_eq!(c.audio.sample_rate, 8000);
+        assert_eq!(c.session.url, "wss://b:9/x");
+        assert_eq!(c.session.max_ms, 5000);
+        assert_eq!(c.session.no_speech_ms, 1500);
+        assert!(c.audio.file_follow);
+        assert_eq!(c.wake, WakeConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_name_the_origin() {
+        let p = problems(load_str("[audio]\nsorce = \"x\"\n[wakeword]\nmode = \"always\"\n", &[("VOXGATE_SESSION__URI", "ws://x/")]));
+        let got: Vec<(String, String)> = p.iter().map(|x| (x.origin.clone(), x.key.clone())).collect();
+        assert_eq!(got, vec![
+            ("configuration file /etc/voxgate/test.toml".into(), "audio.sorce".into()),
+            ("configuration file /etc/voxgate/test.toml".into(), "wakeword".into()),
+            ("environment variable VOXGATE_SESSION__URI".into(), "session.uri".into()),
+        ]);
+        assert!(p[0].message.contains("source"), "known keys listed: {}", p[0].message);
+    }
+
+    #[test]
+    fn bad_values_name_key_and_origin() {
+        let cases: &[(&str, &[(&str, &str)], &str, &str)] = &[
+            ("[audio]\nsample_rate = \"fast\"\n", &[], "audio.sample_rate", "configuration file"),
+            ("[audio]\nfile_pacing = \"slow\"\n", &[], "audio.file_pacing", "configuration file"),
+            ("", &[("VOXGATE_AUDIO__SAMPLE_RATE", "abc")], "audio.sample_rate", "environment variable"),
+            ("[audio]\nsample_rate = 96000\n", &[], "audio.sample_rate", "configuration file"),
+            ("[audio]\nsample_rate = 11025\n", &[], "audio.frame_ms", "built-in default"),
+            ("[audio]\nsource = \"file:/nonexistent.wav\"\n", &[], "audio.source", "configuration file"),
+            ("[wake]\nthreshold = 1.5\n", &[], "wake.threshold", "configuration file"),
+            ("[session]\nurl = \"http://x/\"\n", &[], "session.url", "configuration file"),
+            ("[session]\nurl = \"not a url\"\n", &[], "session.url", "configuration file"),
+            ("[session]\ntoken_file = \"/nonexistent/token\"\n", &[], "session.token_file", "configuration file"),
+            ("[control]\nsocket_mode = \"0999\"\n", &[], "control.socket_mode", "configuration file"),
+            ("[control]\nsocket = \"relative.sock\"\n", &[], "control.socket", "configuration file"),
+            ("[log]\nlevel = \"loud=[\"\n", &[], "log.level", "configuration file"),
+            ("[log]\nformat = \"xml\"\n", &[], "log.format", "configuration file"),
+        ];
+        for (text, e, key, origin) in cases {
+            let p = problems(load_str(text, e));
+            assert_eq!(p.len(), 1, "{text}: {p:?}");
+            assert_eq!(p[0].key, *key, "{text}: {}", p[0]);
+            assert!(p[0].origin.starts_with(origin), "{text}: {}", p[0]);
+            assert!(!p[0].message.is_empty());
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_and_line() {
+        let e = load_str("[audio]\nsample_rate = \n", &[]).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{text}");
+        assert!(text.contains("/etc/voxgate/test.toml") && text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn effective_config_round_trips_through_toml() {
+        let c = load_str("[session]\nprotocol = \"vosk\"\n[wake]\nmode = \"manual\"\n", &[]).unwrap();
+        let again = load_str(&to_toml(&c), &[]).unwrap();
+        assert_eq!(again, c);
+        assert_eq!(again.session.protocol, Protocol::Vosk);
+    }
+
+    #[test]
+    fn source_forms() {
+        let spec = |s: &str| AudioConfig { source: s.into(), ..AudioConfig::default() }.source_spec();
+        assert_eq!(spec("default"), SourceSpec::Device("default".into()));
+        assert_eq!(spec("alsa:hw:1,0"), SourceSpec::Device("alsa:hw:1,0".into()));
+        assert_eq!(spec("file:/a b.wav"), SourceSpec::File("/a b.wav".into()));
+        assert_eq!(spec("stdin"), SourceSpec::Stdin);
+    }
+}

@@ -1,0 +1,22 @@
+//! voxgate: a wake-word gated voice streaming daemon for small Linux devices.
+//!
+//! The pipeline reads like the module list: [`audio`] sources produce frames, the detector thread listens
+//! for the wake word, and sessions stream to a speech server. [`config`], [`logging`] and the [`daemon`]
+//! entry point sit beside them; `src/main.rs` only parses the command line and calls in here.
+
+pub mod audio;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod logging;
+
+/// Process exit codes (DESIGN: CLI).
+pub mod exit {
+    /// Configuration error; systemd's `RestartPreventExitStatus=78` keeps a broken file from restart loops.
+    pub const CONFIG: u8 = 78;
+    /// The daemon could not be reached (control client).
+    pub const UNREACHABLE: u8 = 69;
+    /// Anything else.
+    pub const FAILURE: u8 = 1;
+}

@@ -1,0 +1,73 @@
+//! Logging through `tracing`: journald (structured fields prefixed `VOXGATE_`), text on stderr, or JSON lines
+//! on stderr, chosen by `log.format`. `auto` picks journald when stderr is connected to the journal (systemd
+//! sets `JOURNAL_STREAM` to that stream's device and inode) and text otherwise. If journald cannot be reached,
+//! logs go to stderr as text with one warning. The level filter can be changed later (on reload).
+
+use std::os::unix::fs::MetadataExt;
+
+use tracing_subscriber::layer::{Layered, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+use crate::config::{LogConfig, LogFormat};
+
+type Output = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Changes the level filter of the installed logger.
+pub struct LogHandle {
+    filter: reload::Handle<EnvFilter, Layered<Output, Registry>>,
+    /// What the logs go to: "journald", "text", "json".
+    pub output: &'static str,
+}
+
+impl LogHandle {
+    pub fn set_level(&self, level: &str) -> Result<(), String> {
+        let filter = EnvFilter::builder().parse(level).map_err(|e| format!("log.level {level:?}: {e}"))?;
+        self.filter.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+/// Whether stderr is the journal stream systemd gave us.
+pub fn stderr_is_journal() -> bool {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = stream.split_once(':') else { return false };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+/// Installs the global logger. Call once, early in `main`.
+pub fn init(cfg: &LogConfig) -> LogHandle {
+    let filter = EnvFilter::builder().parse(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let want_journald = match cfg.format {
+        LogFormat::Journald => true,
+        LogFormat::Auto => stderr_is_journal(),
+        LogFormat::Text | LogFormat::Json => false,
+    };
+    let mut journald_error = None;
+    let (output, name): (Output, &'static str) = if want_journald {
+        match tracing_journald::layer() {
+            Ok(l) => (Box::new(l.with_field_prefix(Some("VOXGATE".into())).with_syslog_identifier("voxgate".into())), "journald"),
+            Err(e) => {
+                journald_error = Some(e);
+                (text_layer(), "text")
+            }
+        }
+    } else if cfg.format == LogFormat::Json {
+        (Box::new(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)), "json")
+    } else {
+        (text_layer(), "text")
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = tracing_subscriber::registry().with(output).with(filter).try_init();
+    if let Some(e) = journald_error {
+        tracing::warn!("journald is not reachable ({e}); logging to stderr instead");
+    }
+    LogHandle { filter: handle, output: name }
+}
+
+fn text_layer() -> Output {
+    // Under a supervisor that timestamps lines itself, our own timestamps are noise.
+    let timestamps = std::env::var_os("INVOCATION_ID").is_none();
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    if timestamps { Box::new(layer) } else { Box::new(layer.without_time()) }
+}

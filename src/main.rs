@@ -1,0 +1,96 @@
+//! The `voxgate` binary: parses the command line, loads the configuration, sets up logging and signals, and
+//! calls into the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use tokio_util::sync::CancellationToken;
+use voxgate::cli::{Cli, Command};
+use voxgate::{config, exit};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(config.as_deref()),
+        Command::CheckConfig { config } => match config::load(config.as_deref()) {
+            Ok(loaded) => {
+                let from = loaded.file.map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+                print!("# effective configuration (from {from} and VOXGATE_* variables)\n{}", config::to_toml(&loaded.config));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(exit::CONFIG, e),
+        },
+        Command::Devices => devices(),
+        Command::Demo { file } => match voxgate::demo::run(file.as_deref(), &mut std::io::stdout().lock()) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(exit::FAILURE, format!("{e:#}")),
+        },
+    }
+}
+
+fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("voxgate: {e}");
+    ExitCode::from(code)
+}
+
+fn run(path: Option<&std::path::Path>) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => return fail(exit::CONFIG, e),
+    };
+    let _log = voxgate::logging::init(&loaded.config.log);
+    let shutdown = CancellationToken::new();
+    if let Err(e) = watch_signals(shutdown.clone()) {
+        return fail(exit::FAILURE, format!("cannot install signal handlers: {e}"));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(exit::FAILURE, format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(voxgate::daemon::run(loaded.config, shutdown)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            fail(exit::FAILURE, e)
+        }
+    }
+}
+
+/// The first SIGTERM/SIGINT asks for a clean shutdown; a second one exits at once.
+fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new().name("voxgate-signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            if shutdown.is_cancelled() {
+                eprintln!("voxgate: second signal {signal}: exiting at once");
+                std::process::exit(128 + signal);
+            }
+            shutdown.cancel();
+        }
+    })?;
+    Ok(())
+}
+
+fn devices() -> ExitCode {
+    let list = match voxgate::audio::device::list() {
+        Ok(l) => l,
+        Err(e) => return fail(exit::FAILURE, e),
+    };
+    if list.is_empty() {
+        println!("no capture devices found");
+    }
+    for d in list {
+        let mark = if d.is_default { "  (default)" } else { "" };
+        println!("{}{mark}  {}", d.id, d.description);
+        if let Some(e) = &d.error {
+            println!("    formats unavailable: {e}");
+        }
+        for c in d.summary() {
+            let (lo, hi) = d.channels(c.format);
+            let ch = if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") };
+            println!("    {:<4} {ch} ch  {}-{} Hz", c.format.to_string(), c.min_rate, c.max_rate);
+        }
+    }
+    ExitCode::SUCCESS
+}
