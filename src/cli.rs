@@ -27,6 +27,18 @@ pub enum Command {
     },
     /// List capture devices with the formats and rates each supports.
     Devices,
+    /// Record the configured source (as voxgate hears it: mono, 16-bit) to a WAV file.
+    Record {
+        /// The WAV file to write.
+        #[arg(value_name = "OUT.wav")]
+        out: PathBuf,
+        /// Configuration file [default: /etc/voxgate/voxgate.toml if it exists, else built-in defaults].
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Stop after this many seconds [default: when the source ends, or on Ctrl-C].
+        #[arg(long, value_name = "SECONDS")]
+        seconds: Option<f64>,
+    },
     /// Run the audio front end on a recording and print what it hears.
     Demo {
         /// A WAV file to use instead of the bundled recording.

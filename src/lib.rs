@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod logging;
+pub mod record;
 
 /// Process exit codes (DESIGN: CLI).
 pub mod exit {

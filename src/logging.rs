@@ -68,6 +68,7 @@ pub fn init(cfg: &LogConfig) -> LogHandle {
 fn text_layer() -> Output {
     // Under a supervisor that timestamps lines itself, our own timestamps are noise.
     let timestamps = std::env::var_os("INVOCATION_ID").is_none();
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     if timestamps { Box::new(layer) } else { Box::new(layer.without_time()) }
 }

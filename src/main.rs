@@ -22,6 +22,7 @@ fn main() -> ExitCode {
             Err(e) => fail(exit::CONFIG, e),
         },
         Command::Devices => devices(),
+        Command::Record { out, config, seconds } => record(&out, config.as_deref(), seconds),
         Command::Demo { file } => match voxgate::demo::run(file.as_deref(), &mut std::io::stdout().lock()) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => fail(exit::FAILURE, format!("{e:#}")),
@@ -70,6 +71,29 @@ fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
         }
     })?;
     Ok(())
+}
+
+fn record(out: &std::path::Path, path: Option<&std::path::Path>, seconds: Option<f64>) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => return fail(exit::CONFIG, e),
+    };
+    let _log = voxgate::logging::init(&voxgate::config::LogConfig { level: "warn".into(), ..loaded.config.log.clone() });
+    let max_ms = seconds.map(|s| (s.max(0.0) * 1000.0) as u64);
+    match voxgate::record::record(&loaded.config.audio, out, max_ms) {
+        Ok(r) => {
+            eprintln!(
+                "recorded {} frames ({} ms) to {}; {} frames dropped, {} device samples lost",
+                r.frames,
+                r.frames * loaded.config.audio.frame_ms as u64,
+                out.display(),
+                r.overruns,
+                r.ring_overflow_samples
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(exit::FAILURE, format!("{e:#}")),
+    }
 }
 
 fn devices() -> ExitCode {

@@ -125,17 +125,27 @@ pub fn list() -> Result<Vec<DeviceInfo>, DeviceError> {
     let host_name = host.id().name().to_string();
     let default_id = host.default_input_device().and_then(|d| d.id().ok());
     let devices = host.input_devices().map_err(|source| DeviceError::List { host: host_name, source })?;
-    let mut out = Vec::new();
-    for d in devices {
-        let Ok(id) = d.id() else { continue };
-        let description = d.description().map(|x| x.name().to_string()).unwrap_or_default();
-        let (configs, error) = match d.supported_input_configs() {
-            Ok(c) => (c.map(|r| range(&r)).collect(), None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
-        };
-        out.push(DeviceInfo { is_default: Some(&id) == default_id.as_ref(), id: id.to_string(), description, configs, error });
+    let mut out: Vec<DeviceInfo> = devices.filter_map(|d| describe(&d, default_id.as_ref())).collect();
+    // ALSA's "default" is often not among the enumerated devices; show it first when it is not.
+    if !out.iter().any(|d| d.is_default) {
+        if let Some(d) = host.default_input_device() {
+            if let Some(mut info) = describe(&d, default_id.as_ref()) {
+                info.description = format!("system default capture device {}", info.description).trim_end().to_string();
+                out.insert(0, info);
+            }
+        }
     }
     Ok(out)
+}
+
+fn describe(d: &cpal::Device, default_id: Option<&cpal::DeviceId>) -> Option<DeviceInfo> {
+    let id = d.id().ok()?;
+    let description = d.description().map(|x| x.name().to_string()).unwrap_or_default();
+    let (configs, error) = match d.supported_input_configs() {
+        Ok(c) => (c.map(|r| range(&r)).collect(), None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    Some(DeviceInfo { is_default: Some(&id) == default_id, id: id.to_string(), description, configs, error })
 }
 
 fn range(r: &SupportedStreamConfigRange) -> ConfigRange {

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and testing voxgate needs on Debian, if it is missing: quiet when all is present.
+#   scripts/deps.sh          build and test dependencies
+#   scripts/deps.sh audio    also espeak-ng and sox (to re-make the bundled recordings)
+set -euo pipefail
+packages=(libasound2-dev pkg-config)
+if [ "${1:-}" = audio ]; then
+    packages+=(espeak-ng sox)
+fi
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+    echo "cargo is needed: install Rust (https://rustup.rs) first" >&2
+    exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest"
+    cargo install --locked --quiet cargo-nextest
+fi

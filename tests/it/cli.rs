@@ -1,0 +1,107 @@
+//! The command line: configuration checking, exit codes, help.
+
+use std::path::PathBuf;
+
+use crate::support::voxgate;
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("etc/voxgate.toml")
+}
+
+#[test]
+fn example_config_parses_and_documents_every_key() {
+    let out = voxgate().args(["check-config", "--config"]).arg(example()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let effective: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    let example: toml::Table = std::fs::read_to_string(example()).unwrap().parse().unwrap();
+    let defaults = toml::Table::try_from(voxgate::config::Config::default()).unwrap();
+    let mut keys = 0;
+    for (section, table) in &defaults {
+        for key in table.as_table().unwrap().keys() {
+            keys += 1;
+            assert!(example[section].get(key).is_some(), "{section}.{key} is not in etc/voxgate.toml");
+            assert_eq!(example[section][key], effective[section][key], "{section}.{key}");
+        }
+    }
+    assert!(keys >= 25, "only {keys} keys checked");
+    // The example shows the defaults: loading it changes nothing.
+    assert_eq!(effective, defaults);
+}
+
+#[test]
+fn bad_config_exits_78_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[audio]\nsample_rate = 1\nsorce = \"x\"\n").unwrap();
+    for cmd in ["check-config", "run"] {
+        let out = voxgate().args([cmd, "--config"]).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(78), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(path.to_str().unwrap()) && err.contains("audio.sorce"), "{cmd}: {err}");
+    }
+    // Values are checked once the keys are known: the range error comes with the file and key too.
+    std::fs::write(&path, "[audio]\nsample_rate = 1\n").unwrap();
+    let out = voxgate().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(err.contains("audio.sample_rate") && err.contains("out of range") && err.contains("bad.toml"), "{err}");
+}
+
+#[test]
+fn missing_explicit_config_is_a_config_error() {
+    let out = voxgate().args(["check-config", "--config", "/nonexistent/voxgate.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/voxgate.toml"));
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let out = voxgate()
+        .args(["check-config", "--config"])
+        .arg(example())
+        .env("VOXGATE_SESSION__URL", "wss://speech.example:443/v1")
+        .env("VOXGATE_SESSION__MAX_MS", "9000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let effective: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
+    assert_eq!(effective["session"]["url"].as_str(), Some("wss://speech.example:443/v1"));
+    assert_eq!(effective["session"]["max_ms"].as_integer(), Some(9000));
+
+    let out = voxgate().args(["check-config"]).env("VOXGATE_SESSION__MAX_MS", "soon").output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("VOXGATE_SESSION__MAX_MS") && err.contains("session.max_ms"), "{err}");
+}
+
+#[test]
+fn help_and_version() {
+    let out = voxgate().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(concat!("voxgate ", env!("CARGO_PKG_VERSION"))));
+    let out = voxgate().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["run", "check-config", "devices", "record", "demo"] {
+        assert!(help.contains(cmd), "{cmd} missing from --help");
+    }
+    let out = voxgate().arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn file_source_run_ends_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("a.wav");
+    crate::support::write_wav(&wav, 16000, &crate::support::noise(16000, 9));
+    let out = voxgate()
+        .arg("run")
+        .env("VOXGATE_AUDIO__SOURCE", format!("file:{}", wav.display()))
+        .env("VOXGATE_AUDIO__FILE_PACING", "fast")
+        .env("VOXGATE_LOG__FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = err.lines().map(|l| serde_json::from_str(l).expect("JSON log lines")).collect();
+    let end = lines.iter().find(|l| l["fields"]["frames"].as_u64().is_some()).expect("a summary line");
+    assert_eq!(end["fields"]["frames"].as_u64(), Some(50));
+}

@@ -1,0 +1,6 @@
+//! Integration tests: the real binary and the real audio paths.
+
+mod capture;
+mod cli;
+mod files;
+mod support;
