@@ -2,7 +2,13 @@
 # Makes the bundled recordings from synthetic speech (espeak-ng + sox). The outputs are committed, because
 # voices change between espeak-ng versions; this script is how they were made, to re-make or extend them.
 #
-#   scripts/make-audio.sh            # writes assets/demo.wav
+#   scripts/make-audio.sh            # everything below
+#
+# - assets/wake/train/*.wav: "hey jarvis" in 8 synthetic voices, the built-in wake word's samples
+# - assets/hey_jarvis.rpw: built from them with `voxgate enroll`
+# - tests/fixtures/wake/*.wav + labels.tsv: streams in 6 OTHER voices with the wake word, confusable phrases
+#   and background noise, and where each phrase starts and ends
+# - assets/demo.wav: the demo recording (a voice not used for training)
 #
 # Needs: apt-get install espeak-ng sox
 set -euo pipefail
@@ -49,5 +55,89 @@ make_demo() {
     with_noise "$work/demo-clean.wav" assets/demo.wav 0.003
 }
 
+# ms FILE: duration in milliseconds.
+ms() {
+    soxi -s "$1" | awk -v r=$RATE '{ printf "%d", $1 * 1000 / r }'
+}
+
+# Voices used to train the built-in wake word: voice, words per minute, pitch.
+TRAIN=(
+    "en-us+m3 150 50" "en-us+f2 150 60" "en-gb+m2 140 45" "en-029+m1 160 50"
+    "en-us+f4 170 70" "en-gb-scotland+m4 145 40" "en-us+m5 130 35" "en-gb-x-rp+f1 155 55"
+)
+# Voices for the test streams: none of them trained on.
+TEST=(
+    "en-us+m1 145 50" "en-gb+f3 150 65" "en-gb-x-rp+f4 140 60"
+    "en-029+m2 155 45" "en-us-nyc+m6 165 50" "en-gb-x-gbclan+m7 150 40"
+)
+DECOYS=("hey travis" "harvey, pass me the jar" "jarvis cocker sang common people" "hey siri" "hey there")
+
+make_training() {
+    mkdir -p assets/wake/train
+    rm -f assets/wake/train/*.wav
+    mkdir -p assets/wake/reject
+    rm -f assets/wake/train/*.wav assets/wake/reject/*.wav
+    local i=0
+    for v in "${TRAIN[@]}"; do
+        set -- $v
+        i=$((i + 1))
+        say "$1" "$2" "$3" "hey jarvis" "assets/wake/train/hey_jarvis-$i-${1//+/_}.wav"
+        say "$1" $(($2 + 30)) "$3" "hey jarvis" "assets/wake/train/hey_jarvis-$i-${1//+/_}-fast.wav"
+    done
+    # Confusable phrases, by the training voices: detections that match these better are rejected.
+    i=0
+    for v in "${TRAIN[@]}"; do
+        set -- $v
+        i=$((i + 1))
+        say "$1" "$2" "$3" "hey travis" "assets/wake/reject/hey_travis-$i-${1//+/_}.wav"
+        say "$1" $(($2 + 30)) "$3" "hey travis" "assets/wake/reject/hey_travis-$i-${1//+/_}-fast.wav"
+    done
+    for f in assets/hey_jarvis.rpw assets/hey_jarvis_reject.rpw; do
+        [ -s $f ] || : > $f   # the binary embeds them; any content builds
+    done
+    cargo run --locked --quiet -- enroll --name hey_jarvis --out assets/hey_jarvis.rpw assets/wake/train/*.wav
+    cargo run --locked --quiet -- enroll --name not_hey_jarvis --out assets/hey_jarvis_reject.rpw assets/wake/reject/*.wav
+}
+
+# One test stream per test voice: wake word + command, the decoys, wake word + command, over noise.
+make_fixtures() {
+    local dir=tests/fixtures/wake
+    mkdir -p $dir
+    rm -f $dir/*.wav
+    printf 'file\tkind\ttext\tstart_ms\tend_ms\n' > $dir/labels.tsv
+    local n=0
+    local noises=("0.002" "0.006" "0.012")
+    for v in "${TEST[@]}"; do
+        set -- $v
+        local voice=$1 speed=$2 pitch=$3 name="stream-${1//+/_}"
+        local parts=() t=0 k=0
+        add() { # FILE [KIND TEXT]: append a part, labelling it when it has a kind
+            local len
+            len=$(ms "$1")
+            if [ $# -gt 1 ]; then printf '%s.wav\t%s\t%s\t%d\t%d\n' "$name" "$2" "$3" $t $((t + len)) >> $dir/labels.tsv; fi
+            parts+=("$1"); t=$((t + len))
+        }
+        gap 0.7 "$work/g0.wav"; add "$work/g0.wav"
+        say $voice $speed $pitch "hey jarvis" "$work/w1.wav"; add "$work/w1.wav" wake "hey jarvis"
+        gap 0.3 "$work/g1.wav"; add "$work/g1.wav"
+        say $voice $speed $pitch "what is on my calendar today" "$work/c1.wav"; add "$work/c1.wav"
+        for d in "${DECOYS[@]}"; do
+            k=$((k + 1))
+            gap 1.6 "$work/gd$k.wav"; add "$work/gd$k.wav"
+            say $voice $speed $pitch "$d" "$work/d$k.wav"; add "$work/d$k.wav" decoy "$d"
+        done
+        gap 1.6 "$work/g2.wav"; add "$work/g2.wav"
+        say $voice $((speed + 20)) $pitch "hey jarvis" "$work/w2.wav"; add "$work/w2.wav" wake "hey jarvis"
+        gap 0.3 "$work/g3.wav"; add "$work/g3.wav"
+        say $voice $speed $pitch "turn off the lights" "$work/c2.wav"; add "$work/c2.wav"
+        gap 2.0 "$work/g4.wav"; add "$work/g4.wav"
+        sox "${parts[@]}" "$work/clean.wav"
+        with_noise "$work/clean.wav" "$dir/$name.wav" "${noises[$((n % 3))]}"
+        n=$((n + 1))
+    done
+}
+
+make_training
+make_fixtures
 make_demo
-echo "wrote assets/demo.wav ($(soxi -D assets/demo.wav) s)"
+echo "wrote assets/hey_jarvis.rpw, tests/fixtures/wake/ and assets/demo.wav ($(soxi -D assets/demo.wav) s)"

@@ -39,6 +39,30 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS")]
         seconds: Option<f64>,
     },
+    /// Run the configured wake-word detector over a WAV file; one line per detection.
+    WakeTest {
+        /// The recording to scan.
+        #[arg(value_name = "FILE.wav")]
+        file: PathBuf,
+        /// Configuration file (the [wake] section is used) [default: /etc/voxgate/voxgate.toml if it exists].
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// One JSON object per line: {"t_ms":…,"wakeword":"…","score":…}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a wake word (.rpw) from your own recordings of it.
+    Enroll {
+        /// The wake word's name, reported in detections.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Where to write the wake word.
+        #[arg(long, value_name = "F.rpw")]
+        out: PathBuf,
+        /// Recordings of the phrase, one utterance each (3 or more recommended).
+        #[arg(value_name = "SAMPLE.wav", required = true)]
+        samples: Vec<PathBuf>,
+    },
     /// Run the audio front end on a recording and print what it hears.
     Demo {
         /// A WAV file to use instead of the bundled recording.

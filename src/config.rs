@@ -104,12 +104,64 @@ pub struct WakeConfig {
     pub models: Vec<PathBuf>,
     pub threshold: f64,
     pub refractory_ms: u64,
+    /// How the scores against each sample of a wake word combine.
+    pub score_mode: ScoreMode,
+    /// Score against the averaged sample needed before the samples are compared one by one (0: always
+    /// compare). A cheap first test: most non-wake audio stops here.
+    pub avg_threshold: f64,
+    /// Consecutive scoring frames above the threshold needed for a detection.
+    pub min_scores: u32,
+    /// Report a detection as soon as `min_scores` is reached instead of waiting for the best frame: faster,
+    /// more false detections.
+    pub eager: bool,
+    /// Normalise the input level towards the wake word's recorded level.
+    pub gain_normalizer: bool,
+    /// Band-pass filter the input before detection.
+    pub band_pass: bool,
+    pub band_pass_low_hz: u32,
+    pub band_pass_high_hz: u32,
+    /// With the built-in wake word: discard detections that match confusable phrases ("hey travis") better.
+    pub builtin_reject: bool,
+    /// Skip detection on silence and steady noise.
+    pub gate: bool,
+    /// How far above the noise floor a frame must be to open the gate (dB).
+    pub gate_margin_db: f64,
 }
 
 impl Default for WakeConfig {
     fn default() -> Self {
-        WakeConfig { mode: WakeMode::Wakeword, models: Vec::new(), threshold: 0.55, refractory_ms: 1000 }
+        WakeConfig {
+            mode: WakeMode::Wakeword,
+            models: Vec::new(),
+            threshold: 0.52,
+            refractory_ms: 1000,
+            score_mode: ScoreMode::P75,
+            avg_threshold: 0.2,
+            min_scores: 5,
+            eager: false,
+            gain_normalizer: false,
+            band_pass: false,
+            band_pass_low_hz: 80,
+            band_pass_high_hz: 400,
+            builtin_reject: true,
+            gate: true,
+            gate_margin_db: 9.0,
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreMode {
+    Max,
+    Average,
+    Median,
+    P25,
+    P50,
+    P75,
+    P80,
+    P90,
+    P95,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,9 +443,10 @@ fn check_file_keys(table: &toml::Table, known: &BTreeMap<String, Vec<String>>, o
 /// Checks ranges, formats and files. Returns (key, what is wrong) pairs.
 pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
     let mut p: Vec<(&'static str, String)> = Vec::new();
+    let mut out_of_range = Vec::new();
     let mut range = |key: &'static str, v: u64, lo: u64, hi: u64| {
         if v < lo || v > hi {
-            p.push((key, format!("{v} is out of range ({lo}..={hi})")));
+            out_of_range.push((key, format!("{v} is out of range ({lo}..={hi})")));
         }
     };
     let a = &c.audio;
@@ -424,6 +477,18 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
     }
     if !(c.wake.threshold > 0.0 && c.wake.threshold < 1.0) {
         p.push(("wake.threshold", format!("{} is out of range (between 0 and 1)", c.wake.threshold)));
+    }
+    if !(0.0..1.0).contains(&c.wake.avg_threshold) {
+        p.push(("wake.avg_threshold", format!("{} is out of range (0 to below 1; 0 turns it off)", c.wake.avg_threshold)));
+    }
+    range("wake.min_scores", c.wake.min_scores as u64, 1, 50);
+    range("wake.band_pass_low_hz", c.wake.band_pass_low_hz as u64, 1, 8000);
+    range("wake.band_pass_high_hz", c.wake.band_pass_high_hz as u64, 1, 8000);
+    if c.wake.band_pass_low_hz >= c.wake.band_pass_high_hz {
+        p.push(("wake.band_pass_low_hz", format!("{} Hz must be below wake.band_pass_high_hz ({} Hz)", c.wake.band_pass_low_hz, c.wake.band_pass_high_hz)));
+    }
+    if !(3.0..=40.0).contains(&c.wake.gate_margin_db) {
+        p.push(("wake.gate_margin_db", format!("{} is out of range (3 to 40)", c.wake.gate_margin_db)));
     }
     for m in &c.wake.models {
         if !m.is_file() {
@@ -456,6 +521,7 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
         p.push(("log.level", format!("{:?} is not a log filter (e.g. \"info\", \"debug\", \"voxgate=debug,warn\"): {e}", c.log.level)));
     }
+    p.extend(out_of_range);
     p
 }
 

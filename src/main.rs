@@ -22,6 +22,8 @@ fn main() -> ExitCode {
             Err(e) => fail(exit::CONFIG, e),
         },
         Command::Devices => devices(),
+        Command::WakeTest { file, config, json } => wake_test(&file, config.as_deref(), json),
+        Command::Enroll { name, out, samples } => enroll(&name, &out, &samples),
         Command::Record { out, config, seconds } => record(&out, config.as_deref(), seconds),
         Command::Demo { file } => match voxgate::demo::run(file.as_deref(), &mut std::io::stdout().lock()) {
             Ok(_) => ExitCode::SUCCESS,
@@ -93,6 +95,55 @@ fn record(out: &std::path::Path, path: Option<&std::path::Path>, seconds: Option
             ExitCode::SUCCESS
         }
         Err(e) => fail(exit::FAILURE, format!("{e:#}")),
+    }
+}
+
+fn wake_test(file: &std::path::Path, path: Option<&std::path::Path>, json: bool) -> ExitCode {
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(e) => return fail(exit::CONFIG, e),
+    };
+    let _log = voxgate::logging::init(&voxgate::config::LogConfig { level: "warn".into(), ..loaded.config.log.clone() });
+    let mut out = std::io::stdout().lock();
+    match voxgate::wake::test::scan(&loaded.config, file, &mut |d| voxgate::wake::test::print(&mut out, d, json)) {
+        Ok(stats) => {
+            if !json {
+                eprintln!(
+                    "{} detections in {:.1} s of audio",
+                    stats.detections,
+                    (stats.frames * loaded.config.audio.frame_ms as u64) as f64 / 1000.0
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(exit::FAILURE, format!("{e:#}")),
+    }
+}
+
+fn enroll(name: &str, out: &std::path::Path, samples: &[std::path::PathBuf]) -> ExitCode {
+    let _log = voxgate::logging::init(&voxgate::config::LogConfig { level: "warn".into(), format: voxgate::config::LogFormat::Text });
+    match voxgate::wake::enroll::enroll(name, samples, out) {
+        Ok(reports) => {
+            for r in &reports {
+                let score = r.score.map(|s| format!("scores {s:.2} against the others")).unwrap_or_default();
+                println!(
+                    "{}: {} ms, {} ms after trimming, peak {:.0} dBFS {score}",
+                    r.path.display(),
+                    r.duration_ms,
+                    r.trimmed_ms,
+                    r.peak_dbfs
+                );
+            }
+            if let Some(low) = reports.iter().filter(|r| r.score.is_some_and(|s| s < 0.5)).map(|r| r.path.display().to_string()).reduce(|a, b| a + ", " + &b) {
+                println!("low scores ({low}): these samples are unlike the others; consider recording them again");
+            }
+            if reports.len() < 3 {
+                println!("tip: 3 to 8 samples, in different tones and distances, make a more reliable wake word");
+            }
+            println!("wrote wake word {name:?} to {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(exit::FAILURE, e),
     }
 }
 

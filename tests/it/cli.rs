@@ -105,3 +105,25 @@ fn file_source_run_ends_with_the_file() {
     let end = lines.iter().find(|l| l["fields"]["frames"].as_u64().is_some()).expect("a summary line");
     assert_eq!(end["fields"]["frames"].as_u64(), Some(50));
 }
+
+#[test]
+fn journald_unreachable_falls_back_to_stderr_with_one_warning() {
+    if std::path::Path::new("/run/systemd/journal/socket").exists() {
+        eprintln!("skipped: a journald socket exists here, so there is no fallback to see");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("a.wav");
+    crate::support::write_wav(&wav, 16000, &crate::support::noise(3200, 10));
+    let out = voxgate()
+        .arg("run")
+        .env("VOXGATE_AUDIO__SOURCE", format!("file:{}", wav.display()))
+        .env("VOXGATE_AUDIO__FILE_PACING", "fast")
+        .env("VOXGATE_LOG__FORMAT", "journald")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("journald is not reachable").count(), 1, "{err}");
+    assert!(err.contains("captured 200 ms of audio"), "later lines go to stderr: {err}");
+}

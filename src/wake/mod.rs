@@ -1,0 +1,262 @@
+//! Wake-word detection: gate → rustpotter, with the pre-roll ring.
+//!
+//! [`Detector`] is synchronous and owns everything: the energy [`gate::Gate`], the re-chunking of our frames
+//! into rustpotter's 30 ms frames (a fixed byte buffer, nothing allocated per frame on our side), rustpotter
+//! itself, and the [`Preroll`] ring of recent frames. It runs on its own thread (see `daemon`), never on the
+//! async runtime: frames come in from the audio source's channel, [`Detection`]s go out to the supervisor.
+
+pub mod enroll;
+pub mod test;
+pub mod gate;
+
+use std::collections::VecDeque;
+
+use rustpotter::{Rustpotter, RustpotterConfig, SampleFormat, ScoreMode as RpScoreMode};
+
+use crate::audio::{Frame, FrameSpec, level_dbfs};
+use crate::config::{ScoreMode, WakeConfig};
+
+/// The built-in wake word, "hey jarvis" (made by `scripts/make-audio.sh`).
+pub const HEY_JARVIS: &[u8] = include_bytes!("../../assets/hey_jarvis.rpw");
+/// Phrases that sound like "hey jarvis" ("hey travis", "hey mavis", "hey marvin"), by the same voices. Loaded
+/// beside the built-in wake word: rustpotter reports the best-matching model, and a detection won by this one
+/// is discarded rather than reported.
+pub const HEY_JARVIS_REJECT: &[u8] = include_bytes!("../../assets/hey_jarvis_reject.rpw");
+/// The name `HEY_JARVIS_REJECT` was built with.
+const REJECT_NAME: &str = "not_hey_jarvis";
+/// Audio the detector catches up on when the gate opens: onsets are soft, and the detector needs context.
+const LOOKBACK_MS: u64 = 600;
+/// The gate stays open this long after the last loud frame: detections come up to ~1 s after the phrase.
+const GATE_HANGOVER_MS: u64 = 2000;
+
+/// A wake word was heard.
+#[derive(Debug, Clone)]
+pub struct Detection {
+    /// The wake word's name, from its model.
+    pub wakeword: String,
+    pub score: f32,
+    pub avg_score: f32,
+    /// Audio time of the detection: the end of the frame that completed it, from the start of the source.
+    pub t_ms: u64,
+    /// Sequence number of that frame.
+    pub seq: u64,
+    /// The frames before the detection, oldest first, at most `session.preroll_ms` of them; the frame with
+    /// sequence number `seq` is the last.
+    pub preroll: Vec<Frame>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WakeError {
+    #[error("cannot load wake word {what}: {reason}")]
+    Load { what: String, reason: String },
+    #[error("cannot start the wake-word detector: {0}")]
+    Init(String),
+    #[error("the wake-word detector needs 16-bit audio in whole frames; audio.frame_ms {0} gives none")]
+    Frame(u32),
+}
+
+/// The last frames, for handing over with a detection (pre-roll) and for the detector to catch up on.
+pub struct Preroll {
+    frames: VecDeque<Frame>,
+    capacity: usize,
+}
+
+impl Preroll {
+    pub fn new(capacity: usize) -> Self {
+        Preroll { frames: VecDeque::with_capacity(capacity + 1), capacity }
+    }
+
+    pub fn push(&mut self, frame: Frame) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.frames.len() == self.capacity {
+            self.frames.pop_front();
+        }
+        self.frames.push_back(frame);
+    }
+
+    /// The newest `n` frames, oldest first.
+    pub fn last(&self, n: usize) -> impl Iterator<Item = &Frame> {
+        self.frames.iter().skip(self.frames.len().saturating_sub(n))
+    }
+
+    pub fn clear(&mut self) {
+        self.frames.clear();
+    }
+}
+
+/// Counters, for status and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DetectorStats {
+    pub frames: u64,
+    /// Frames rustpotter looked at (the rest were gated out).
+    pub frames_scored: u64,
+    pub detections: u64,
+    /// Detections dropped inside `wake.refractory_ms` of the previous one.
+    pub refractory_drops: u64,
+    /// Confusable phrases that matched the rejection model better than the wake word.
+    pub rejected: u64,
+}
+
+pub struct Detector {
+    rp: Rustpotter,
+    /// Bytes of one rustpotter frame (s16le), filled across our frames.
+    chunk: Vec<u8>,
+    fill: usize,
+    gate: Option<gate::Gate>,
+    ring: Preroll,
+    preroll_frames: usize,
+    lookback_frames: usize,
+    frame_ms: u64,
+    refractory_ms: u64,
+    last_detection_ms: Option<u64>,
+    pub stats: DetectorStats,
+}
+
+impl Detector {
+    pub fn new(cfg: &WakeConfig, spec: FrameSpec, preroll_ms: u64) -> Result<Self, WakeError> {
+        let mut rc = RustpotterConfig::default();
+        rc.fmt.sample_rate = spec.sample_rate as usize;
+        rc.fmt.sample_format = SampleFormat::I16;
+        rc.fmt.channels = 1;
+        rc.detector.threshold = cfg.threshold as f32;
+        rc.detector.avg_threshold = cfg.avg_threshold as f32;
+        rc.detector.min_scores = cfg.min_scores as usize;
+        rc.detector.eager = cfg.eager;
+        rc.detector.score_mode = match cfg.score_mode {
+            ScoreMode::Max => RpScoreMode::Max,
+            ScoreMode::Average => RpScoreMode::Average,
+            ScoreMode::Median => RpScoreMode::Median,
+            ScoreMode::P25 => RpScoreMode::P25,
+            ScoreMode::P50 => RpScoreMode::P50,
+            ScoreMode::P75 => RpScoreMode::P75,
+            ScoreMode::P80 => RpScoreMode::P80,
+            ScoreMode::P90 => RpScoreMode::P90,
+            ScoreMode::P95 => RpScoreMode::P95,
+        };
+        rc.filters.gain_normalizer.enabled = cfg.gain_normalizer;
+        rc.filters.band_pass.enabled = cfg.band_pass;
+        rc.filters.band_pass.low_cutoff = cfg.band_pass_low_hz as f32;
+        rc.filters.band_pass.high_cutoff = cfg.band_pass_high_hz as f32;
+        let mut rp = Rustpotter::new(&rc).map_err(WakeError::Init)?;
+        if cfg.models.is_empty() {
+            rp.add_wakeword_from_buffer("builtin", HEY_JARVIS)
+                .map_err(|reason| WakeError::Load { what: "built-in hey_jarvis".into(), reason })?;
+            if cfg.builtin_reject {
+                rp.add_wakeword_from_buffer("builtin-reject", HEY_JARVIS_REJECT)
+                    .map_err(|reason| WakeError::Load { what: "built-in hey_jarvis rejection model".into(), reason })?;
+            }
+        }
+        for (i, path) in cfg.models.iter().enumerate() {
+            // Each model under its own key: one key holds one wake word.
+            let text = path.to_string_lossy();
+            rp.add_wakeword_from_file(&format!("model{i}"), &text)
+                .map_err(|reason| WakeError::Load { what: path.display().to_string(), reason })?;
+        }
+        let frame_ms = spec.frame_ms as u64;
+        let chunk = vec![0u8; rp.get_bytes_per_frame()];
+        let lookback_frames = LOOKBACK_MS.div_ceil(frame_ms) as usize;
+        let preroll_frames = (preroll_ms / frame_ms) as usize;
+        Ok(Detector {
+            rp,
+            chunk,
+            fill: 0,
+            gate: cfg.gate.then(|| gate::Gate::new(cfg.gate_margin_db as f32, (GATE_HANGOVER_MS / frame_ms) as usize)),
+            ring: Preroll::new(preroll_frames.max(lookback_frames)),
+            preroll_frames,
+            lookback_frames,
+            frame_ms,
+            refractory_ms: cfg.refractory_ms,
+            last_detection_ms: None,
+            stats: DetectorStats::default(),
+        })
+    }
+
+    /// Takes one frame; returns a detection completed by it.
+    pub fn push(&mut self, frame: Frame) -> Option<Detection> {
+        self.stats.frames += 1;
+        let seq = frame.seq;
+        let verdict = match self.gate.as_mut() {
+            Some(g) => g.check(level_dbfs(&frame.pcm), self.rp.get_partial_detection().is_some()),
+            None => gate::Verdict::Open,
+        };
+        let mut found = None;
+        match verdict {
+            gate::Verdict::Closed => {}
+            gate::Verdict::Opened => {
+                // Start afresh on the audio just before the onset, then this frame.
+                self.rp.reset();
+                self.fill = 0;
+                let back: Vec<Vec<i16>> = self.ring.last(self.lookback_frames).map(|f| f.pcm.clone()).collect();
+                for pcm in &back {
+                    found = found.or(self.feed(pcm));
+                }
+                found = found.or(self.feed(&frame.pcm));
+            }
+            gate::Verdict::Open => found = self.feed(&frame.pcm),
+        }
+        self.ring.push(frame);
+        let hit = found?;
+        if hit.name == REJECT_NAME {
+            self.stats.rejected += 1;
+            tracing::debug!(score = hit.score, "a phrase like the wake word was rejected");
+            return None;
+        }
+        let t_ms = (seq + 1) * self.frame_ms;
+        if self.last_detection_ms.is_some_and(|last| t_ms < last + self.refractory_ms) {
+            self.stats.refractory_drops += 1;
+            return None;
+        }
+        self.last_detection_ms = Some(t_ms);
+        self.stats.detections += 1;
+        let preroll = self.ring.last(self.preroll_frames).cloned().collect();
+        Some(Detection { wakeword: hit.name, score: hit.score, avg_score: hit.avg_score, t_ms, seq, preroll })
+    }
+
+    /// Re-chunks into rustpotter frames.
+    fn feed(&mut self, pcm: &[i16]) -> Option<rustpotter::RustpotterDetection> {
+        self.stats.frames_scored += 1;
+        let mut found = None;
+        for s in pcm {
+            let b = s.to_le_bytes();
+            self.chunk[self.fill] = b[0];
+            self.chunk[self.fill + 1] = b[1];
+            self.fill += 2;
+            if self.fill == self.chunk.len() {
+                self.fill = 0;
+                if let Some(d) = self.rp.process_bytes(&self.chunk) {
+                    found = Some(d);
+                }
+            }
+        }
+        found
+    }
+
+    /// Forgets the audio so far (after a session, the pre-roll must not reach back into it).
+    pub fn clear_preroll(&mut self) {
+        self.ring.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: u64) -> Frame {
+        Frame { seq, captured: std::time::Instant::now(), pcm: vec![seq as i16; 4] }
+    }
+
+    #[test]
+    fn preroll_keeps_the_newest_in_order() {
+        let mut p = Preroll::new(3);
+        for s in 0..5 {
+            p.push(frame(s));
+        }
+        assert_eq!(p.last(10).map(|f| f.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(p.last(2).map(|f| f.seq).collect::<Vec<_>>(), vec![3, 4]);
+        let mut none = Preroll::new(0);
+        none.push(frame(0));
+        assert_eq!(none.last(1).count(), 0);
+    }
+}
