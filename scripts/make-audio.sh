@@ -137,7 +137,39 @@ make_fixtures() {
     done
 }
 
+# A second wake word, "ok computer", and a stream with both words, for running two models at once.
+make_second_word() {
+    local dir=tests/fixtures/wake
+    mkdir -p "$work/oc"
+    local i=0
+    for v in "${TRAIN[@]}"; do
+        set -- $v
+        i=$((i + 1))
+        say "$1" "$2" "$3" "ok computer" "$work/oc/ok_computer-$i.wav"
+    done
+    cargo run --locked --quiet -- enroll --name ok_computer --out $dir/ok_computer.rpw "$work"/oc/*.wav
+    local name=two-words parts=() t=0
+    add() {
+        local len
+        len=$(ms "$1")
+        if [ $# -gt 1 ]; then printf '%s.wav\t%s\t%s\t%d\t%d\n' "$name" "$2" "$3" $t $((t + len)) >> $dir/labels.tsv; fi
+        parts+=("$1"); t=$((t + len))
+    }
+    gap 0.7 "$work/t0.wav"; add "$work/t0.wav"
+    say en-us+m1 145 50 "hey jarvis" "$work/t1.wav"; add "$work/t1.wav" wake "hey jarvis"
+    gap 2.0 "$work/t2.wav"; add "$work/t2.wav"
+    say en-us+m1 145 50 "ok computer" "$work/t3.wav"; add "$work/t3.wav" wake "ok computer"
+    gap 2.0 "$work/t4.wav"; add "$work/t4.wav"
+    say en-gb+f3 150 65 "ok computer" "$work/t5.wav"; add "$work/t5.wav" wake "ok computer"
+    gap 2.0 "$work/t6.wav"; add "$work/t6.wav"
+    say en-gb+f3 150 65 "hey jarvis" "$work/t7.wav"; add "$work/t7.wav" wake "hey jarvis"
+    gap 2.0 "$work/t8.wav"; add "$work/t8.wav"
+    sox "${parts[@]}" "$work/clean.wav"
+    with_noise "$work/clean.wav" "$dir/$name.wav" 0.003
+}
+
 make_training
 make_fixtures
+make_second_word
 make_demo
 echo "wrote assets/hey_jarvis.rpw, tests/fixtures/wake/ and assets/demo.wav ($(soxi -D assets/demo.wav) s)"

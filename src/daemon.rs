@@ -9,13 +9,16 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::audio::{self, AudioError, Frame, SystemClock};
-use crate::config::Config;
+use crate::audio::{self, AudioError, Frame, FrameSpec, SystemClock};
+use crate::config::{Config, WakeMode};
+use crate::wake::{Detection, Detector, DetectorStats, WakeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Audio(#[from] AudioError),
+    #[error(transparent)]
+    Wake(#[from] WakeError),
     #[error("cannot start the {what} thread: {source}")]
     Thread { what: &'static str, source: std::io::Error },
 }
@@ -30,24 +33,38 @@ pub struct Summary {
 
 /// Runs the daemon until the source ends or `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary, DaemonError> {
+    let detector = match config.wake.mode {
+        WakeMode::Wakeword => Some(Detector::new(&config.wake, FrameSpec::from_config(&config.audio), config.session.preroll_ms)?),
+        WakeMode::Always | WakeMode::Manual => None,
+    };
     let source = audio::start(&config.audio, SystemClock::new())?;
     tracing::info!(source = %source.name, "voxgate {} started, listening to {}", env!("CARGO_PKG_VERSION"), source.name);
+    let (detections_tx, mut detections) = tokio::sync::mpsc::channel(DETECTIONS_QUEUE);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let frames = source.frames.clone();
     let frame_ms = config.audio.frame_ms as u64;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let consumer = std::thread::Builder::new()
         .name("voxgate-detector".into())
         .spawn(move || {
-            let mut meter = Meter::new(frame_ms, Duration::from_secs(10));
-            for frame in frames.iter() {
-                meter.add(&frame);
-            }
-            let _ = done_tx.send(meter.frames);
+            let stats = detect(frames, detector, frame_ms, &detections_tx);
+            let _ = done_tx.send(stats);
         })
         .map_err(|source| DaemonError::Thread { what: "detector", source })?;
-    tokio::select! {
-        _ = shutdown.cancelled() => tracing::info!("shutting down"),
-        _ = done_rx => tracing::info!(source = %source.name, "end of source"),
+    let mut done_rx = std::pin::pin!(done_rx);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                tracing::info!("shutting down");
+                break;
+            }
+            _ = &mut done_rx => {
+                tracing::info!(source = %source.name, "end of source");
+                break;
+            }
+            Some(d) = detections.recv() => {
+                tracing::debug!(wakeword = %d.wakeword, preroll_frames = d.preroll.len(), "detection handed over");
+            }
+        }
     }
     source.stop();
     let stats = source.stats.clone();
@@ -57,6 +74,40 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
     tracing::info!(frames, overruns = summary.overruns, "captured {} ms of audio", summary.audio_ms);
     joined?;
     Ok(summary)
+}
+
+/// Detections waiting for the async side; a full queue drops the detection (the supervisor is not keeping
+/// up, which only happens if it is stuck) rather than stalling the detector.
+const DETECTIONS_QUEUE: usize = 8;
+
+/// The detector thread: meters every frame and runs the wake-word detector on it, until the source ends.
+fn detect(
+    frames: crossbeam_channel::Receiver<Frame>,
+    mut detector: Option<Detector>,
+    frame_ms: u64,
+    out: &tokio::sync::mpsc::Sender<Detection>,
+) -> Option<DetectorStats> {
+    let mut meter = Meter::new(frame_ms, Duration::from_secs(10));
+    for frame in frames.iter() {
+        meter.add(&frame);
+        let Some(det) = detector.as_mut() else { continue };
+        if let Some(d) = det.push(frame) {
+            tracing::info!(
+                event = "wake",
+                wakeword = %d.wakeword,
+                score = d.score,
+                t_ms = d.t_ms,
+                "wake word {} at {:.2} s (score {:.2})",
+                d.wakeword,
+                d.t_ms as f64 / 1000.0,
+                d.score
+            );
+            if out.try_send(d).is_err() {
+                tracing::warn!("detection dropped: the session supervisor is not keeping up");
+            }
+        }
+    }
+    detector.map(|d| d.stats)
 }
 
 /// Logs the audio level periodically at debug level: enough to see a microphone is alive and not clipping.

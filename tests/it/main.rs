@@ -4,3 +4,4 @@ mod capture;
 mod cli;
 mod files;
 mod support;
+mod wake;

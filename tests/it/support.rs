@@ -53,6 +53,7 @@ pub struct FakeMic {
     fifo: PathBuf,
     stop: Arc<AtomicBool>,
     writer: Option<JoinHandle<()>>,
+    finished: crossbeam_channel::Receiver<()>,
 }
 
 impl FakeMic {
@@ -71,6 +72,7 @@ impl FakeMic {
         std::fs::write(dir.path().join("asound.conf"), conf).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (s, path) = (stop.clone(), fifo.clone());
+        let (finished_tx, finished) = crossbeam_channel::bounded(1);
         let writer = std::thread::spawn(move || {
             let ticks = crossbeam_channel::tick(tick);
             let silence = vec![0u8; chunk];
@@ -90,11 +92,19 @@ impl FakeMic {
                         break;
                     }
                     pos += chunk;
+                    if pos >= data.len() {
+                        let _ = finished_tx.try_send(());
+                    }
                     let _ = ticks.recv();
                 }
             }
         });
-        FakeMic { dir, fifo, stop, writer: Some(writer) }
+        FakeMic { dir, fifo, stop, writer: Some(writer), finished }
+    }
+
+    /// Receives once all of the data has been written to the device.
+    pub fn finished(&self) -> crossbeam_channel::Receiver<()> {
+        self.finished.clone()
     }
 
     pub fn alsa_config(&self) -> PathBuf {
@@ -129,4 +139,32 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// One labelled phrase of a fixture stream (tests/fixtures/wake/labels.tsv, made by scripts/make-audio.sh).
+#[derive(Debug, Clone)]
+pub struct Label {
+    pub file: String,
+    pub kind: String,
+    pub text: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wake")
+}
+
+pub fn labels() -> Vec<Label> {
+    let text = std::fs::read_to_string(fixtures().join("labels.tsv")).unwrap();
+    let labels: Vec<Label> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            Label { file: f[0].into(), kind: f[1].into(), text: f[2].into(), start_ms: f[3].parse().unwrap(), end_ms: f[4].parse().unwrap() }
+        })
+        .collect();
+    assert!(labels.len() >= 40, "labels.tsv has only {} rows", labels.len());
+    labels
 }
