@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need first.
 CARGO ?= cargo
 
-.PHONY: all deps build release test demo audio clean
+.PHONY: all deps build release test demo bench audio clean
 
 all: build
 
@@ -20,6 +20,10 @@ test: deps
 
 demo: deps
 	$(CARGO) run --locked --quiet -- demo
+
+# Figures for docs/BENCHMARKS.md.
+bench: release
+	$(CARGO) bench --locked --bench wake
 
 # Re-make the bundled recordings from synthetic speech (the results are committed).
 audio:

@@ -136,7 +136,7 @@ impl Default for WakeConfig {
             threshold: 0.52,
             refractory_ms: 1000,
             score_mode: ScoreMode::P75,
-            avg_threshold: 0.2,
+            avg_threshold: 0.35,
             min_scores: 5,
             eager: false,
             gain_normalizer: false,

@@ -18,12 +18,12 @@ use crate::config::{ScoreMode, WakeConfig};
 
 /// The built-in wake word, "hey jarvis" (made by `scripts/make-audio.sh`).
 pub const HEY_JARVIS: &[u8] = include_bytes!("../../assets/hey_jarvis.rpw");
-/// Phrases that sound like "hey jarvis" ("hey travis", "hey mavis", "hey marvin"), by the same voices. Loaded
-/// beside the built-in wake word: rustpotter reports the best-matching model, and a detection won by this one
-/// is discarded rather than reported.
+/// "hey travis", by the same voices as the built-in wake word: the phrase most often mistaken for it. When
+/// the built-in wake word fires, the audio just before is scored against this too, and the detection is
+/// discarded if this matches better. Only detections pay for it, not every frame.
 pub const HEY_JARVIS_REJECT: &[u8] = include_bytes!("../../assets/hey_jarvis_reject.rpw");
-/// The name `HEY_JARVIS_REJECT` was built with.
-const REJECT_NAME: &str = "not_hey_jarvis";
+/// Audio scored against the rejection model: the phrase ends ~1 s before its detection and lasts ~1 s.
+const VERIFY_MS: u64 = 2400;
 /// Audio the detector catches up on when the gate opens: onsets are soft, and the detector needs context.
 const LOOKBACK_MS: u64 = 600;
 /// The gate stays open this long after the last loud frame: detections come up to ~1 s after the phrase.
@@ -99,6 +99,34 @@ pub struct DetectorStats {
     pub rejected: u64,
 }
 
+/// rustpotter's configuration for `wake` at the rate of `spec`.
+fn rustpotter_config(cfg: &WakeConfig, spec: FrameSpec) -> RustpotterConfig {
+    let mut rc = RustpotterConfig::default();
+    rc.fmt.sample_rate = spec.sample_rate as usize;
+    rc.fmt.sample_format = SampleFormat::I16;
+    rc.fmt.channels = 1;
+    rc.detector.threshold = cfg.threshold as f32;
+    rc.detector.avg_threshold = cfg.avg_threshold as f32;
+    rc.detector.min_scores = cfg.min_scores as usize;
+    rc.detector.eager = cfg.eager;
+    rc.detector.score_mode = match cfg.score_mode {
+        ScoreMode::Max => RpScoreMode::Max,
+        ScoreMode::Average => RpScoreMode::Average,
+        ScoreMode::Median => RpScoreMode::Median,
+        ScoreMode::P25 => RpScoreMode::P25,
+        ScoreMode::P50 => RpScoreMode::P50,
+        ScoreMode::P75 => RpScoreMode::P75,
+        ScoreMode::P80 => RpScoreMode::P80,
+        ScoreMode::P90 => RpScoreMode::P90,
+        ScoreMode::P95 => RpScoreMode::P95,
+    };
+    rc.filters.gain_normalizer.enabled = cfg.gain_normalizer;
+    rc.filters.band_pass.enabled = cfg.band_pass;
+    rc.filters.band_pass.low_cutoff = cfg.band_pass_low_hz as f32;
+    rc.filters.band_pass.high_cutoff = cfg.band_pass_high_hz as f32;
+    rc
+}
+
 pub struct Detector {
     rp: Rustpotter,
     /// Bytes of one rustpotter frame (s16le), filled across our frames.
@@ -106,6 +134,9 @@ pub struct Detector {
     fill: usize,
     gate: Option<gate::Gate>,
     ring: Preroll,
+    /// Scores a detection's audio against confusable phrases (built-in wake word only).
+    reject: Option<Rustpotter>,
+    verify_frames: usize,
     preroll_frames: usize,
     lookback_frames: usize,
     frame_ms: u64,
@@ -116,37 +147,12 @@ pub struct Detector {
 
 impl Detector {
     pub fn new(cfg: &WakeConfig, spec: FrameSpec, preroll_ms: u64) -> Result<Self, WakeError> {
-        let mut rc = RustpotterConfig::default();
-        rc.fmt.sample_rate = spec.sample_rate as usize;
-        rc.fmt.sample_format = SampleFormat::I16;
-        rc.fmt.channels = 1;
-        rc.detector.threshold = cfg.threshold as f32;
-        rc.detector.avg_threshold = cfg.avg_threshold as f32;
-        rc.detector.min_scores = cfg.min_scores as usize;
-        rc.detector.eager = cfg.eager;
-        rc.detector.score_mode = match cfg.score_mode {
-            ScoreMode::Max => RpScoreMode::Max,
-            ScoreMode::Average => RpScoreMode::Average,
-            ScoreMode::Median => RpScoreMode::Median,
-            ScoreMode::P25 => RpScoreMode::P25,
-            ScoreMode::P50 => RpScoreMode::P50,
-            ScoreMode::P75 => RpScoreMode::P75,
-            ScoreMode::P80 => RpScoreMode::P80,
-            ScoreMode::P90 => RpScoreMode::P90,
-            ScoreMode::P95 => RpScoreMode::P95,
-        };
-        rc.filters.gain_normalizer.enabled = cfg.gain_normalizer;
-        rc.filters.band_pass.enabled = cfg.band_pass;
-        rc.filters.band_pass.low_cutoff = cfg.band_pass_low_hz as f32;
-        rc.filters.band_pass.high_cutoff = cfg.band_pass_high_hz as f32;
+        let rc = rustpotter_config(cfg, spec);
         let mut rp = Rustpotter::new(&rc).map_err(WakeError::Init)?;
         if cfg.models.is_empty() {
             rp.add_wakeword_from_buffer("builtin", HEY_JARVIS)
                 .map_err(|reason| WakeError::Load { what: "built-in hey_jarvis".into(), reason })?;
-            if cfg.builtin_reject {
-                rp.add_wakeword_from_buffer("builtin-reject", HEY_JARVIS_REJECT)
-                    .map_err(|reason| WakeError::Load { what: "built-in hey_jarvis rejection model".into(), reason })?;
-            }
+
         }
         for (i, path) in cfg.models.iter().enumerate() {
             // Each model under its own key: one key holds one wake word.
@@ -158,12 +164,27 @@ impl Detector {
         let chunk = vec![0u8; rp.get_bytes_per_frame()];
         let lookback_frames = LOOKBACK_MS.div_ceil(frame_ms) as usize;
         let preroll_frames = (preroll_ms / frame_ms) as usize;
+        let reject = if cfg.models.is_empty() && cfg.builtin_reject {
+            let mut verify = rustpotter_config(cfg, spec);
+            verify.detector.threshold = 0.01;
+            verify.detector.avg_threshold = 0.0;
+            verify.detector.min_scores = 1;
+            let mut r = Rustpotter::new(&verify).map_err(WakeError::Init)?;
+            r.add_wakeword_from_buffer("reject", HEY_JARVIS_REJECT)
+                .map_err(|reason| WakeError::Load { what: "built-in hey_jarvis rejection model".into(), reason })?;
+            Some(r)
+        } else {
+            None
+        };
+        let verify_frames = VERIFY_MS.div_ceil(frame_ms) as usize;
         Ok(Detector {
             rp,
             chunk,
             fill: 0,
             gate: cfg.gate.then(|| gate::Gate::new(cfg.gate_margin_db as f32, (GATE_HANGOVER_MS / frame_ms) as usize)),
-            ring: Preroll::new(preroll_frames.max(lookback_frames)),
+            ring: Preroll::new(preroll_frames.max(lookback_frames).max(if reject.is_some() { verify_frames } else { 0 })),
+            reject,
+            verify_frames,
             preroll_frames,
             lookback_frames,
             frame_ms,
@@ -198,10 +219,12 @@ impl Detector {
         }
         self.ring.push(frame);
         let hit = found?;
-        if hit.name == REJECT_NAME {
-            self.stats.rejected += 1;
-            tracing::debug!(score = hit.score, "a phrase like the wake word was rejected");
-            return None;
+        if let Some(score) = self.confusion_score() {
+            if score > hit.score {
+                self.stats.rejected += 1;
+                tracing::debug!(score = hit.score, confusion = score, "a phrase like the wake word was rejected");
+                return None;
+            }
         }
         let t_ms = (seq + 1) * self.frame_ms;
         if self.last_detection_ms.is_some_and(|last| t_ms < last + self.refractory_ms) {
@@ -212,6 +235,33 @@ impl Detector {
         self.stats.detections += 1;
         let preroll = self.ring.last(self.preroll_frames).cloned().collect();
         Some(Detection { wakeword: hit.name, score: hit.score, avg_score: hit.avg_score, t_ms, seq, preroll })
+    }
+
+    /// The best score of the rejection model over the last `VERIFY_MS`, if there is one.
+    fn confusion_score(&mut self) -> Option<f32> {
+        let r = self.reject.as_mut()?;
+        r.reset();
+        let mut chunk = vec![0u8; r.get_bytes_per_frame()];
+        let mut fill = 0;
+        let mut best = 0.0f32;
+        for frame in self.ring.last(self.verify_frames) {
+            for s in &frame.pcm {
+                let b = s.to_le_bytes();
+                chunk[fill] = b[0];
+                chunk[fill + 1] = b[1];
+                fill += 2;
+                if fill == chunk.len() {
+                    fill = 0;
+                    if let Some(d) = r.process_bytes(&chunk) {
+                        best = best.max(d.score);
+                    }
+                    if let Some(p) = r.get_partial_detection() {
+                        best = best.max(p.score);
+                    }
+                }
+            }
+        }
+        Some(best)
     }
 
     /// Re-chunks into rustpotter frames.
