@@ -1,0 +1,379 @@
+//! One session on the wire: connect (TCP with a small send buffer and no Nagle, TLS through rustls with the
+//! system roots plus `session.ca_file`, bearer token), then a writer task and a reader task that never wait
+//! on each other, then the drain.
+//!
+//! The writer takes frames from the [`SessionQueue`] and sends each the moment it is queued; after the end it
+//! sends `end`. The reader handles each server message the moment it arrives. Once the end is decided, the
+//! writer has `drain_timeout_ms` to send what is queued and `end`; the reader then waits at most as long for
+//! the final reply or the close; then a normal Close is sent.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use super::protocol::{ClientMessage, Codec, Reply};
+use super::queue::Next;
+use super::{EndReason, Event, SessionRequest, SessionSummary, State};
+use crate::config::Config;
+
+/// Largest server message accepted: anything bigger ends the session.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// Kernel send buffer: about a quarter second of audio, so a stalled server cannot let seconds of stale audio
+/// pile up out of reach of the drop-oldest queue.
+pub const SEND_BUFFER: u32 = 8 * 1024;
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0} is not a usable URL")]
+    Url(String),
+    #[error("cannot resolve {host}: {source}")]
+    Resolve { host: String, source: std::io::Error },
+    #[error("cannot connect to {addr}: {source}")]
+    Tcp { addr: String, source: std::io::Error },
+    #[error("WebSocket handshake with {url} failed: {source}")]
+    Handshake { url: String, source: Box<tokio_tungstenite::tungstenite::Error> },
+    #[error("no answer from {url} within {ms} ms")]
+    Timeout { url: String, ms: u64 },
+    #[error("cannot read {path}: {source}")]
+    File { path: String, source: std::io::Error },
+    #[error("{path} holds no PEM certificate")]
+    NoCert { path: String },
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// Everything needed to open sessions, prepared once from the configuration.
+#[derive(Clone)]
+pub struct Params {
+    pub url: url::Url,
+    pub codec: Codec,
+    token: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    pub connect_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub sample_rate: u32,
+    pub frame_ms: u32,
+    pub host: String,
+}
+
+impl Params {
+    pub fn new(config: &Config) -> Result<Self, ConnectError> {
+        let s = &config.session;
+        let url = url::Url::parse(&s.url).map_err(|_| ConnectError::Url(s.url.clone()))?;
+        let token = if s.token_file.as_os_str().is_empty() {
+            None
+        } else {
+            let text = std::fs::read_to_string(&s.token_file)
+                .map_err(|source| ConnectError::File { path: s.token_file.display().to_string(), source })?;
+            Some(text.trim().to_string())
+        };
+        let tls = if url.scheme() == "wss" { Some(Arc::new(tls_config(&s.ca_file)?)) } else { None };
+        Ok(Params {
+            url,
+            codec: Codec { protocol: s.protocol },
+            token,
+            tls,
+            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            drain_timeout: Duration::from_millis(s.drain_timeout_ms),
+            sample_rate: config.audio.sample_rate,
+            frame_ms: config.audio.frame_ms,
+            host: hostname(),
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// The system's roots, plus the certificates in `ca_file`.
+fn tls_config(ca_file: &Path) -> Result<rustls::ClientConfig, ConnectError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if !ca_file.as_os_str().is_empty() {
+        let path = ca_file.display().to_string();
+        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(ca_file)
+            .map_err(|e| ConnectError::File { path: path.clone(), source: std::io::Error::other(e.to_string()) })?
+            .collect::<Result<_, _>>()
+            .map_err(|e| ConnectError::File { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        if certs.is_empty() {
+            return Err(ConnectError::NoCert { path });
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| ConnectError::Tls(format!("{path}: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+}
+
+/// Opens the WebSocket, all of it within `connect_timeout`.
+pub async fn connect(p: &Params) -> Result<Socket, ConnectError> {
+    let url = p.url.as_str().to_string();
+    tokio::time::timeout(p.connect_timeout, open(p))
+        .await
+        .unwrap_or(Err(ConnectError::Timeout { url, ms: p.connect_timeout.as_millis() as u64 }))
+}
+
+async fn open(p: &Params) -> Result<Socket, ConnectError> {
+    let host = p.url.host_str().ok_or_else(|| ConnectError::Url(p.url.to_string()))?.trim_matches(['[', ']']).to_string();
+    let port = p.url.port_or_known_default().ok_or_else(|| ConnectError::Url(p.url.to_string()))?;
+    let addrs: Vec<_> =
+        tokio::net::lookup_host((host.as_str(), port)).await.map_err(|source| ConnectError::Resolve { host: host.clone(), source })?.collect();
+    let mut last = None;
+    let mut tcp = None;
+    for addr in addrs {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+        let result = async {
+            let socket = socket?;
+            socket.set_send_buffer_size(SEND_BUFFER)?;
+            let stream = socket.connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        }
+        .await;
+        match result {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(source) => last = Some(ConnectError::Tcp { addr: addr.to_string(), source }),
+        }
+    }
+    let tcp = tcp.ok_or_else(|| last.unwrap_or(ConnectError::Resolve { host: host.clone(), source: std::io::Error::other("no address") }))?;
+    let mut request = p.url.as_str().into_client_request().map_err(|e| ConnectError::Handshake { url: p.url.to_string(), source: Box::new(e) })?;
+    if let Some(token) = &p.token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ConnectError::Tls("the token has characters a header cannot carry".into()))?;
+        request.headers_mut().insert("Authorization", value);
+    }
+    let connector = match &p.tls {
+        Some(cfg) => Connector::Rustls(cfg.clone()),
+        None => Connector::Plain,
+    };
+    let (ws, _) = tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config()), Some(connector))
+        .await
+        .map_err(|e| ConnectError::Handshake { url: p.url.to_string(), source: Box::new(e) })?;
+    Ok(ws)
+}
+
+/// Publishes events and state changes.
+#[derive(Clone)]
+pub struct Reporter {
+    pub events: tokio::sync::broadcast::Sender<Event>,
+    pub state: Arc<tokio::sync::watch::Sender<State>>,
+}
+
+impl Reporter {
+    pub fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    pub fn set_state(&self, s: State) {
+        if self.state.send_replace(s) != s {
+            tracing::debug!(state = s.as_str(), "state");
+            self.emit(Event::State { state: s });
+        }
+    }
+}
+
+/// How the reader stopped.
+enum ReaderEnd {
+    Final,
+    Closed,
+    Failed(String),
+}
+
+/// Runs one session to its end; never fails, the summary says how it went.
+pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Reporter) -> SessionSummary {
+    let started = Instant::now();
+    let queue = req.queue.clone();
+    let url = p.url.to_string();
+    reporter.emit(Event::SessionStart {
+        session: session.clone(),
+        trigger: req.trigger,
+        wakeword: req.wakeword.clone(),
+        url: url.clone(),
+        preroll_ms: req.preroll_ms,
+        t_ms: req.t_ms,
+    });
+    tracing::info!(session = %session, event = "session_start", url = %url, "session {session} to {url}");
+    reporter.set_state(State::Connecting);
+    let summary = |reason, detail: Option<String>, sent, abandoned| SessionSummary {
+        session: session.clone(),
+        reason,
+        detail,
+        duration_ms: started.elapsed().as_millis() as u64,
+        frames_sent: sent,
+        frames_dropped: queue.dropped(),
+        frames_abandoned: abandoned,
+    };
+    let ws = match connect(p).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            queue.finish(EndReason::Error);
+            return summary(EndReason::Error, Some(e.to_string()), 0, queue.len() as u64);
+        }
+    };
+    reporter.set_state(State::Streaming);
+    let (mut sink, mut stream) = ws.split();
+    let start = ClientMessage::Start {
+        proto: 1,
+        session: session.clone(),
+        trigger: req.trigger,
+        wakeword: req.wakeword.clone(),
+        score: req.score,
+        sample_rate: p.sample_rate,
+        channels: 1,
+        format: "s16le".into(),
+        frame_ms: p.frame_ms,
+        preroll_ms: req.preroll_ms,
+        host: p.host.clone(),
+    };
+    if let Err(e) = sink.send(p.codec.start(&start, p.sample_rate)).await {
+        queue.finish(EndReason::Error);
+        return summary(EndReason::Error, Some(format!("cannot send start to {url}: {e}")), 0, queue.len() as u64);
+    }
+    let sent = Arc::new(AtomicU64::new(0));
+    let end_sent = Arc::new(AtomicBool::new(false));
+    let mut writer = tokio::spawn({
+        let (queue, codec, sent, end_sent, base) = (queue.clone(), p.codec, sent.clone(), end_sent.clone(), req.first_seq);
+        async move {
+            loop {
+                match queue.next().await {
+                    Next::Frame(f) => {
+                        sink.send(codec.audio(f.seq.saturating_sub(base), &f.pcm)).await?;
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Next::End(reason) => {
+                        if reason != EndReason::Error {
+                            sink.send(codec.end(reason, sent.load(Ordering::Relaxed), queue.dropped())).await?;
+                            end_sent.store(true, Ordering::Release);
+                        }
+                        return Ok::<_, tokio_tungstenite::tungstenite::Error>(sink);
+                    }
+                }
+            }
+        }
+    });
+    let mut reader = tokio::spawn({
+        let (queue, codec, reporter, session, end_sent) = (queue.clone(), p.codec, reporter.clone(), session.clone(), end_sent.clone());
+        async move {
+            while let Some(msg) = stream.next().await {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => return ReaderEnd::Failed(format!("connection failed: {e}")),
+                };
+                if let Message::Close(frame) = &msg {
+                    tracing::debug!(session = %session, "server closed: {frame:?}");
+                    return ReaderEnd::Closed;
+                }
+                match codec.reply(&msg, end_sent.load(Ordering::Acquire)) {
+                    Ok(None) => {}
+                    Ok(Some(reply)) => {
+                        let (value, done) = match reply {
+                            Reply::Message(v) => (v, false),
+                            Reply::End(v) => {
+                                queue.finish(EndReason::Server);
+                                (v, false)
+                            }
+                            Reply::Final(v) => (v, true),
+                        };
+                        tracing::info!(session = %session, event = "server_message", "server: {value}");
+                        reporter.emit(Event::ServerMessage { session: session.clone(), message: value });
+                        if done {
+                            return ReaderEnd::Final;
+                        }
+                    }
+                    Err(e) => return ReaderEnd::Failed(e.to_string()),
+                }
+            }
+            ReaderEnd::Closed
+        }
+    });
+
+    // Streaming: until the end is decided, or either side fails.
+    let mut detail = None;
+    let mut reader_done = None;
+    tokio::select! {
+        _ = queue.wait_ended() => {}
+        r = &mut reader => {
+            let r = r.unwrap_or(ReaderEnd::Failed("reader task failed".into()));
+            match &r {
+                ReaderEnd::Failed(e) => detail = Some(e.clone()),
+                ReaderEnd::Closed | ReaderEnd::Final => detail = Some("the server closed the connection mid-session".into()),
+            }
+            queue.finish(EndReason::Error);
+            reader_done = Some(r);
+        }
+        w = &mut writer => {
+            let e = match w { Ok(Err(e)) => e.to_string(), _ => "writer task failed".into() };
+            detail = Some(format!("cannot send to {url}: {e}"));
+            queue.finish(EndReason::Error);
+            writer = tokio::spawn(async move { Err(tokio_tungstenite::tungstenite::Error::AlreadyClosed) });
+        }
+    }
+    let reason = queue.ended().unwrap_or(EndReason::Error);
+    reporter.set_state(State::Draining);
+    // Drain 1: what is queued, then our end.
+    let mut abandoned = 0;
+    let sink = match tokio::time::timeout(p.drain_timeout, &mut writer).await {
+        Ok(Ok(Ok(sink))) => Some(sink),
+        Ok(_) => None,
+        Err(_) => {
+            writer.abort();
+            abandoned = queue.len() as u64;
+            tracing::warn!(session = %session, "drain deadline: {abandoned} frames still queued were not sent");
+            detail.get_or_insert_with(|| format!("the server did not take the audio within {} ms", p.drain_timeout.as_millis()));
+            None
+        }
+    };
+    // Drain 2: the server's final reply or its close.
+    if sink.is_some() && reader_done.is_none() && reason != EndReason::Error {
+        match tokio::time::timeout(p.drain_timeout, &mut reader).await {
+            Ok(Ok(ReaderEnd::Failed(e))) => {
+                detail.get_or_insert(e);
+            }
+            Ok(_) => {}
+            Err(_) => tracing::info!(session = %session, "no final reply within {} ms", p.drain_timeout.as_millis()),
+        }
+    }
+    reader.abort();
+    if let Some(mut sink) = sink {
+        let close = Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }));
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            let _ = sink.send(close).await;
+            let _ = sink.close().await;
+        })
+        .await;
+    }
+    summary(reason, detail, sent.load(Ordering::Relaxed), abandoned)
+}

@@ -1,0 +1,156 @@
+//! Sessions: from a wake word (or a trigger) to a finished WebSocket session.
+//!
+//! Channels and ownership:
+//! - The detector thread creates each session's [`SessionQueue`], seeds it with the pre-roll, feeds it every
+//!   following frame, and ends it when the audio says so (silence, no speech, max duration, source ended). It
+//!   hands the queue to the supervisor as a [`SessionRequest`] on an mpsc channel (detector → supervisor).
+//! - The [`supervisor`] task owns the state machine; it runs one session at a time on its own task
+//!   ([`client`]), and ends it from the network side (server end, stop, shutdown) through the same queue.
+//! - Everything that happens is published as an [`Event`] on a broadcast channel; subscribers (the demo, the
+//!   control socket) that fall behind miss events, they never slow the daemon.
+
+pub mod client;
+pub mod protocol;
+pub mod queue;
+pub mod segment;
+pub mod supervisor;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use queue::SessionQueue;
+
+use crate::audio::Frame;
+
+/// Why a session ended; the first four to last-but-one are sent in the `end` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    Silence,
+    NoSpeech,
+    MaxDuration,
+    Stopped,
+    Shutdown,
+    Server,
+    SourceEnded,
+    /// The connection failed or the server misbehaved; no `end` could be sent. The event says what happened.
+    Error,
+}
+
+impl EndReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EndReason::Silence => "silence",
+            EndReason::NoSpeech => "no_speech",
+            EndReason::MaxDuration => "max_duration",
+            EndReason::Stopped => "stopped",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Server => "server",
+            EndReason::SourceEnded => "source_ended",
+            EndReason::Error => "error",
+        }
+    }
+}
+
+/// What opened a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Wakeword,
+    Manual,
+    Always,
+}
+
+/// A session the audio side has started: its queue already holds the pre-roll.
+pub struct SessionRequest {
+    pub trigger: Trigger,
+    pub wakeword: Option<String>,
+    pub score: Option<f32>,
+    /// Audio time of the detection or trigger.
+    pub t_ms: u64,
+    /// Sequence number of the first frame in the queue: session `seq` 0.
+    pub first_seq: u64,
+    pub preroll_ms: u64,
+    pub queue: Arc<SessionQueue>,
+}
+
+/// Counters of a finished session.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionSummary {
+    pub session: String,
+    pub reason: EndReason,
+    /// What went wrong, for `error`; why the server ended it, etc.
+    pub detail: Option<String>,
+    pub duration_ms: u64,
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
+    /// Frames still queued when a deadline forced the close.
+    pub frames_abandoned: u64,
+}
+
+/// Everything observable, one JSON object per line on the control socket.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// `{"event":"wake","wakeword":"hey_jarvis","score":0.62,"t_ms":2440,"acted_on":true}`
+    Wake { wakeword: String, score: f32, t_ms: u64, acted_on: bool },
+    /// `{"event":"session_start","session":"…","trigger":"wakeword","url":"ws://…","preroll_ms":2000}`
+    SessionStart { session: String, trigger: Trigger, wakeword: Option<String>, url: String, preroll_ms: u64, t_ms: u64 },
+    /// `{"event":"server_message","session":"…","message":{"type":"partial","text":"…"}}`
+    ServerMessage { session: String, message: serde_json::Value },
+    /// `{"event":"session_end","session":"…","reason":"silence","duration_ms":3120,"frames_sent":156,…}`
+    SessionEnd(SessionSummary),
+    /// `{"event":"state","state":"streaming"}`
+    State { state: State },
+    /// `{"event":"error","message":"…"}`
+    Error { message: String },
+}
+
+/// The supervisor's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Listening,
+    Muted,
+    Connecting,
+    Streaming,
+    Draining,
+    Backoff,
+}
+
+impl State {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            State::Listening => "listening",
+            State::Muted => "muted",
+            State::Connecting => "connecting",
+            State::Streaming => "streaming",
+            State::Draining => "draining",
+            State::Backoff => "backoff",
+        }
+    }
+}
+
+/// Builds a session request from a detector's pre-roll; `next_seq` is the sequence number of the frame after
+/// the detection (the first of the session when there is no pre-roll).
+pub fn request(
+    trigger: Trigger,
+    wake: Option<(&str, f32)>,
+    t_ms: u64,
+    preroll: &[Frame],
+    next_seq: u64,
+    frame_ms: u32,
+    queue: Arc<SessionQueue>,
+) -> SessionRequest {
+    let first_seq = preroll.first().map(|f| f.seq).unwrap_or(next_seq);
+    SessionRequest {
+        trigger,
+        wakeword: wake.map(|(w, _)| w.to_string()),
+        score: wake.map(|(_, s)| s),
+        t_ms,
+        first_seq,
+        preroll_ms: preroll.len() as u64 * frame_ms as u64,
+        queue,
+    }
+}

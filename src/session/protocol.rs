@@ -1,0 +1,207 @@
+//! The session wire protocols: voxgate/1 (MessagePack maps with a `type`) and vosk (JSON text + raw PCM).
+
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+use super::{EndReason, Trigger};
+use crate::config::Protocol;
+
+/// Client → server messages of voxgate/1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// `{"type":"start","proto":1,"session":"5f0c…","trigger":"wakeword","wakeword":"hey_jarvis","score":0.71,
+    ///   "sample_rate":16000,"channels":1,"format":"s16le","frame_ms":20,"preroll_ms":2000,"host":"kitchen"}`
+    Start {
+        proto: u32,
+        session: String,
+        trigger: Trigger,
+        wakeword: Option<String>,
+        score: Option<f32>,
+        sample_rate: u32,
+        channels: u16,
+        format: String,
+        frame_ms: u32,
+        preroll_ms: u64,
+        host: String,
+    },
+    /// `{"type":"audio","seq":0,"pcm":<640 bytes>}`: `seq` counts the session's frames from 0 in capture order.
+    Audio {
+        seq: u64,
+        /// MessagePack binary (bin 8/16/32), not an array of integers.
+        #[serde(with = "serde_bytes")]
+        pcm: Vec<u8>,
+    },
+    /// `{"type":"end","reason":"silence","frames_sent":120,"frames_dropped":0}`
+    End { reason: EndReason, frames_sent: u64, frames_dropped: u64 },
+}
+
+impl ClientMessage {
+    /// Encodes as a MessagePack map with field names.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("client messages always encode")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+}
+
+/// s16le bytes of a frame.
+pub fn pcm_bytes(pcm: &[i16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pcm.len() * 2);
+    for s in pcm {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes one MessagePack value as JSON, for logs and events: binary becomes an array of byte values, map
+/// keys become strings.
+pub fn msgpack_to_json(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    let mut rd = bytes;
+    let value = rmpv::decode::read_value(&mut rd).map_err(|e| e.to_string())?;
+    if !rd.is_empty() {
+        return Err(format!("{} bytes after the first value", rd.len()));
+    }
+    Ok(to_json(value))
+}
+
+fn to_json(v: rmpv::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        rmpv::Value::Nil => J::Null,
+        rmpv::Value::Boolean(b) => J::Bool(b),
+        rmpv::Value::Integer(i) => i.as_i64().map(J::from).or_else(|| i.as_u64().map(J::from)).unwrap_or(J::Null),
+        rmpv::Value::F32(f) => serde_json::Number::from_f64(f as f64).map(J::Number).unwrap_or(J::Null),
+        rmpv::Value::F64(f) => serde_json::Number::from_f64(f).map(J::Number).unwrap_or(J::Null),
+        rmpv::Value::String(s) => J::String(s.into_str().unwrap_or_default()),
+        rmpv::Value::Binary(b) => J::Array(b.into_iter().map(J::from).collect()),
+        rmpv::Value::Array(a) => J::Array(a.into_iter().map(to_json).collect()),
+        rmpv::Value::Map(m) => J::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        rmpv::Value::String(s) => s.into_str().unwrap_or_default(),
+                        other => other.to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        rmpv::Value::Ext(t, d) => serde_json::json!({"ext": t, "data": d}),
+    }
+}
+
+/// What a server message means to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Anything to log and publish.
+    Message(serde_json::Value),
+    /// The server ends the session early (`{"type":"end"}`).
+    End(serde_json::Value),
+    /// The final result: drain is over (`{"type":"final"}`; with vosk, the reply after eof).
+    Final(serde_json::Value),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ReplyError {
+    #[error("the server sent a binary message that is not a MessagePack map: {0}")]
+    MsgPack(String),
+    #[error("the server sent a text message that is not a JSON object: {0}")]
+    Json(String),
+}
+
+/// Speaks one protocol: the messages to send and how to read replies.
+#[derive(Debug, Clone, Copy)]
+pub struct Codec {
+    pub protocol: Protocol,
+}
+
+impl Codec {
+    pub fn start(&self, msg: &ClientMessage, sample_rate: u32) -> Message {
+        match self.protocol {
+            Protocol::Voxgate => Message::Binary(Bytes::from(msg.encode())),
+            Protocol::Vosk => Message::text(format!("{{\"config\": {{\"sample_rate\": {sample_rate}}}}}")),
+        }
+    }
+
+    pub fn audio(&self, seq: u64, pcm: &[i16]) -> Message {
+        match self.protocol {
+            Protocol::Voxgate => Message::Binary(Bytes::from(ClientMessage::Audio { seq, pcm: pcm_bytes(pcm) }.encode())),
+            Protocol::Vosk => Message::Binary(Bytes::from(pcm_bytes(pcm))),
+        }
+    }
+
+    pub fn end(&self, reason: EndReason, frames_sent: u64, frames_dropped: u64) -> Message {
+        match self.protocol {
+            Protocol::Voxgate => Message::Binary(Bytes::from(ClientMessage::End { reason, frames_sent, frames_dropped }.encode())),
+            // The Vosk server compares this exact string.
+            Protocol::Vosk => Message::text("{\"eof\" : 1}"),
+        }
+    }
+
+    /// Reads a data message. `after_end`: our end was sent (with vosk, the next reply is the final one).
+    pub fn reply(&self, msg: &Message, after_end: bool) -> Result<Option<Reply>, ReplyError> {
+        let value: serde_json::Value = match msg {
+            Message::Binary(b) => msgpack_to_json(b).map_err(ReplyError::MsgPack)?,
+            Message::Text(t) => serde_json::from_str(t.as_str()).map_err(|e| ReplyError::Json(e.to_string()))?,
+            _ => return Ok(None),
+        };
+        if !value.is_object() {
+            return Err(match msg {
+                Message::Binary(_) => ReplyError::MsgPack(format!("got {value}")),
+                _ => ReplyError::Json(format!("got {value}")),
+            });
+        }
+        Ok(Some(match (self.protocol, value.get("type").and_then(|t| t.as_str())) {
+            (Protocol::Voxgate, Some("end")) => Reply::End(value),
+            (Protocol::Voxgate, Some("final")) => Reply::Final(value),
+            (Protocol::Vosk, _) if after_end => Reply::Final(value),
+            _ => Reply::Message(value),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voxgate_messages_are_named_msgpack_maps() {
+        let audio = ClientMessage::Audio { seq: 7, pcm: vec![1, 2, 3, 4] };
+        let bytes = audio.encode();
+        // fixmap of 3 entries, then "type"
+        assert_eq!(bytes[0], 0x83);
+        let v = msgpack_to_json(&bytes).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"audio","seq":7,"pcm":[1,2,3,4]}));
+        assert!(bytes.windows(2).any(|w| w == [0xc4, 4]), "pcm is MessagePack bin 8");
+        assert_eq!(ClientMessage::decode(&bytes).unwrap(), audio);
+        let end = ClientMessage::End { reason: EndReason::NoSpeech, frames_sent: 3, frames_dropped: 1 };
+        let v = msgpack_to_json(&end.encode()).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"end","reason":"no_speech","frames_sent":3,"frames_dropped":1}));
+    }
+
+    #[test]
+    fn vosk_eof_is_the_literal_string() {
+        let c = Codec { protocol: Protocol::Vosk };
+        assert_eq!(c.end(EndReason::Silence, 1, 0), Message::text("{\"eof\" : 1}"));
+        assert_eq!(c.start(&ClientMessage::End { reason: EndReason::Silence, frames_sent: 0, frames_dropped: 0 }, 16000), Message::text("{\"config\": {\"sample_rate\": 16000}}"));
+        assert_eq!(c.audio(0, &[1, -1]), Message::Binary(Bytes::from(vec![1, 0, 255, 255])));
+    }
+
+    #[test]
+    fn replies_are_classified_and_garbage_refused() {
+        let c = Codec { protocol: Protocol::Voxgate };
+        let bin = |v: serde_json::Value| Message::Binary(Bytes::from(rmp_serde::to_vec_named(&v).unwrap()));
+        assert!(matches!(c.reply(&bin(serde_json::json!({"type":"partial","text":"a"})), false), Ok(Some(Reply::Message(_)))));
+        assert!(matches!(c.reply(&bin(serde_json::json!({"type":"end"})), false), Ok(Some(Reply::End(_)))));
+        assert!(matches!(c.reply(&Message::text("{\"type\":\"final\"}"), true), Ok(Some(Reply::Final(_)))));
+        assert!(matches!(c.reply(&Message::Binary(Bytes::from_static(&[0xc1, 0xff])), false), Err(ReplyError::MsgPack(_))));
+        assert!(matches!(c.reply(&Message::text("not json"), false), Err(ReplyError::Json(_))));
+        assert!(matches!(c.reply(&Message::text("[1,2]"), false), Err(ReplyError::Json(_))));
+        let v = Codec { protocol: Protocol::Vosk };
+        assert!(matches!(v.reply(&Message::text("{\"partial\":\"x\"}"), false), Ok(Some(Reply::Message(_)))));
+        assert!(matches!(v.reply(&Message::text("{\"text\":\"x\"}"), true), Ok(Some(Reply::Final(_)))));
+    }
+}

@@ -1,0 +1,160 @@
+//! Where a session's audio ends, decided on the detector thread frame by frame (the audio clock), so a file
+//! replayed fast gives exactly the sessions it gives in real time.
+//!
+//! A voice activity detector (earshot, 16 kHz) marks speech. The session ends with `silence` once speech was
+//! heard and `end_silence_ms` of non-speech follow, with `no_speech` when no speech is heard within
+//! `no_speech_ms`, and with `max_duration` after `max_ms`. Times count from the detection; the pre-roll is
+//! audio from before it.
+
+use super::EndReason;
+use crate::audio::level_dbfs;
+use crate::config::SessionConfig;
+
+/// earshot's frame: 16 ms at 16 kHz.
+const VAD_SAMPLES: usize = 256;
+const VAD_THRESHOLD: f32 = 0.5;
+/// Consecutive speech frames before speech counts as heard (a click is not speech).
+const SPEECH_FRAMES: u32 = 3;
+/// Pre-roll this close to the detection is after the wake word (detections come ~0.8-1 s after it): speech
+/// there means the user is already talking.
+const AFTER_WAKE_MS: u64 = 600;
+/// Without the VAD (rates other than 16 kHz), frames above this level count as speech.
+const ENERGY_SPEECH_DB: f32 = -45.0;
+
+pub struct Segmenter {
+    vad: Option<Box<earshot::Detector>>,
+    chunk: Vec<i16>,
+    frame_ms: u64,
+    end_silence: u64,
+    no_speech: u64,
+    max: u64,
+    /// Frames since the detection.
+    frames: u64,
+    speech_run: u32,
+    heard: bool,
+    silent_frames: u64,
+}
+
+impl Segmenter {
+    pub fn new(cfg: &SessionConfig, sample_rate: u32, frame_ms: u32) -> Self {
+        let frame_ms = frame_ms as u64;
+        Segmenter {
+            vad: (sample_rate == 16000).then(earshot::Detector::default_boxed),
+            chunk: Vec::with_capacity(VAD_SAMPLES),
+            frame_ms,
+            end_silence: cfg.end_silence_ms.div_ceil(frame_ms),
+            no_speech: cfg.no_speech_ms.div_ceil(frame_ms),
+            max: cfg.max_ms.div_ceil(frame_ms),
+            frames: 0,
+            speech_run: 0,
+            heard: false,
+            silent_frames: 0,
+        }
+    }
+
+    /// Runs the pre-roll through the VAD; speech in its last `AFTER_WAKE_MS` counts as heard.
+    pub fn prime<'a>(&mut self, preroll: impl ExactSizeIterator<Item = &'a [i16]>) {
+        let n = preroll.len() as u64;
+        let recent_from = n.saturating_sub(AFTER_WAKE_MS / self.frame_ms);
+        for (i, pcm) in preroll.enumerate() {
+            let speech = self.is_speech(pcm);
+            if i as u64 >= recent_from {
+                self.track(speech);
+            }
+        }
+    }
+
+    fn is_speech(&mut self, pcm: &[i16]) -> bool {
+        let Some(vad) = self.vad.as_mut() else { return level_dbfs(pcm) > ENERGY_SPEECH_DB };
+        let mut speech = false;
+        for &s in pcm {
+            self.chunk.push(s);
+            if self.chunk.len() == VAD_SAMPLES {
+                speech |= vad.predict_i16(&self.chunk) > VAD_THRESHOLD;
+                self.chunk.clear();
+            }
+        }
+        speech
+    }
+
+    fn track(&mut self, speech: bool) {
+        if speech {
+            self.speech_run += 1;
+            self.silent_frames = 0;
+            if self.speech_run >= SPEECH_FRAMES {
+                self.heard = true;
+            }
+        } else {
+            self.speech_run = 0;
+            self.silent_frames += 1;
+        }
+    }
+
+    /// Takes the next frame after the detection; returns why the session ends with it, if it does.
+    pub fn push(&mut self, pcm: &[i16]) -> Option<EndReason> {
+        self.frames += 1;
+        let speech = self.is_speech(pcm);
+        self.track(speech);
+        if self.heard && self.silent_frames >= self.end_silence {
+            Some(EndReason::Silence)
+        } else if !self.heard && self.frames >= self.no_speech {
+            Some(EndReason::NoSpeech)
+        } else if self.frames >= self.max {
+            Some(EndReason::MaxDuration)
+        } else {
+            None
+        }
+    }
+
+    pub fn speech_heard(&self) -> bool {
+        self.heard
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> SessionConfig {
+        SessionConfig { end_silence_ms: 400, no_speech_ms: 1000, max_ms: 3000, ..SessionConfig::default() }
+    }
+
+    // Energy mode (8 kHz): loud frames are speech, so the timers can be checked exactly.
+    fn loud() -> Vec<i16> {
+        (0..160).map(|i| if i % 2 == 0 { 8000 } else { -8000 }).collect()
+    }
+
+    fn run(seg: &mut Segmenter, pcm: &[i16], n: usize) -> Option<(usize, EndReason)> {
+        (1..=n).find_map(|i| seg.push(pcm).map(|r| (i, r)))
+    }
+
+    #[test]
+    fn timers_on_the_audio_clock() {
+        let quiet = vec![0i16; 160];
+        // Nothing said: no_speech after exactly 1000 ms of frames.
+        let mut s = Segmenter::new(&cfg(), 8000, 20);
+        assert_eq!(run(&mut s, &quiet, 100), Some((50, EndReason::NoSpeech)));
+        // Speech, then silence: ends 400 ms into the silence.
+        let mut s = Segmenter::new(&cfg(), 8000, 20);
+        assert_eq!(run(&mut s, &loud(), 10), None);
+        assert_eq!(run(&mut s, &quiet, 100), Some((20, EndReason::Silence)));
+        // Talking on and on: max_duration at 3000 ms.
+        let mut s = Segmenter::new(&cfg(), 8000, 20);
+        assert_eq!(run(&mut s, &loud(), 1000), Some((150, EndReason::MaxDuration)));
+    }
+
+    #[test]
+    fn speech_right_before_the_detection_counts() {
+        let quiet = vec![0i16; 160];
+        let mut s = Segmenter::new(&cfg(), 8000, 20);
+        let preroll: Vec<Vec<i16>> = (0..100).map(|i| if i >= 90 { loud() } else { quiet.clone() }).collect();
+        s.prime(preroll.iter().map(|p| p.as_slice()));
+        assert!(s.speech_heard());
+        assert_eq!(run(&mut s, &quiet, 100), Some((20, EndReason::Silence)));
+        // Speech long before the detection (the wake word itself) does not.
+        let mut s = Segmenter::new(&cfg(), 8000, 20);
+        let preroll: Vec<Vec<i16>> = (0..100).map(|i| if i < 50 { loud() } else { quiet.clone() }).collect();
+        s.prime(preroll.iter().map(|p| p.as_slice()));
+        assert!(!s.speech_heard());
+    }
+}

@@ -1,0 +1,151 @@
+//! The supervisor task: the only owner of the state machine.
+//!
+//! Inputs: session requests from the detector thread (mpsc; closed when the audio source ends), and the
+//! shutdown token. It runs one session at a time; a request that arrives while a session drains waits (its
+//! queue keeps the newest `queue_ms` of audio) and starts when the previous one is done. After a failed
+//! session it backs off, exponentially with jitter, up to [`BACKOFF_MAX`]: a request in that time waits for
+//! the backoff to end. Outputs: [`Event`]s and the state (see [`Reporter`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{self, Params, Reporter};
+use super::{EndReason, Event, SessionRequest, SessionSummary, State};
+
+pub const BACKOFF_START: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Counters kept across sessions.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Totals {
+    pub sessions: u64,
+    pub failed: u64,
+    pub frames_sent: u64,
+    pub frames_dropped: u64,
+    pub last: Option<SessionSummary>,
+}
+
+pub struct Supervisor {
+    params: Params,
+    reporter: Reporter,
+    requests: mpsc::Receiver<SessionRequest>,
+    /// Jitter source: a small LCG is plenty to spread reconnects.
+    seed: u64,
+    pub totals: Totals,
+}
+
+struct Active {
+    queue: Arc<super::SessionQueue>,
+    task: JoinHandle<SessionSummary>,
+}
+
+impl Supervisor {
+    pub fn new(params: Params, reporter: Reporter, requests: mpsc::Receiver<SessionRequest>) -> Self {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        Supervisor { params, reporter, requests, seed, totals: Totals::default() }
+    }
+
+    fn jittered(&mut self, d: Duration) -> Duration {
+        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        // ±20 %
+        let f = 0.8 + 0.4 * ((self.seed >> 33) as f64 / (1u64 << 31) as f64);
+        d.mul_f64(f)
+    }
+
+    fn start(&self, req: SessionRequest) -> Active {
+        let queue = req.queue.clone();
+        let (params, reporter) = (self.params.clone(), self.reporter.clone());
+        let session = uuid::Uuid::new_v4().to_string();
+        let task = tokio::spawn(async move { client::run(&params, req, session, &reporter).await });
+        Active { queue, task }
+    }
+
+    /// Runs until the requests channel closes (and the last session is done) or `shutdown` fires.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Totals {
+        let mut active: Option<Active> = None;
+        let mut pending: Option<SessionRequest> = None;
+        let mut failures = 0u32;
+        let backoff = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(backoff);
+        let mut backing_off = false;
+        let mut inputs_open = true;
+        self.reporter.set_state(State::Listening);
+        loop {
+            if active.is_none() && !backing_off {
+                if let Some(req) = pending.take() {
+                    active = Some(self.start(req));
+                } else if !inputs_open {
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                req = self.requests.recv(), if inputs_open => match req {
+                    Some(req) => {
+                        if let Some(old) = pending.replace(req) {
+                            // Two waiting: the newer one wins.
+                            old.queue.finish(EndReason::Stopped);
+                        }
+                    }
+                    None => inputs_open = false,
+                },
+                done = async { active.as_mut().map(|a| &mut a.task).expect("guarded").await }, if active.is_some() => {
+                    active = None;
+                    let summary = done.unwrap_or_else(|e| SessionSummary {
+                        session: String::new(), reason: EndReason::Error, detail: Some(format!("session task failed: {e}")),
+                        duration_ms: 0, frames_sent: 0, frames_dropped: 0, frames_abandoned: 0,
+                    });
+                    let failed = summary.reason == EndReason::Error;
+                    self.record(summary);
+                    if failed {
+                        let delay = self.jittered((BACKOFF_START * 2u32.saturating_pow(failures)).min(BACKOFF_MAX));
+                        failures = failures.saturating_add(1);
+                        tracing::info!("backing off for {} ms before the next session", delay.as_millis());
+                        backoff.as_mut().reset(tokio::time::Instant::now() + delay);
+                        backing_off = true;
+                        self.reporter.set_state(State::Backoff);
+                    } else {
+                        failures = 0;
+                        self.reporter.set_state(State::Listening);
+                    }
+                }
+                _ = &mut backoff, if backing_off => {
+                    backing_off = false;
+                    self.reporter.set_state(State::Listening);
+                }
+            }
+        }
+        // Shutdown: end the session with `shutdown` and let it drain within its deadlines.
+        if let Some(p) = pending.take() {
+            p.queue.finish(EndReason::Shutdown);
+        }
+        if let Some(a) = active.take() {
+            a.queue.finish(EndReason::Shutdown);
+            if let Ok(summary) = a.task.await {
+                self.record(summary);
+            }
+        }
+        self.totals
+    }
+
+    fn record(&mut self, s: SessionSummary) {
+        self.totals.sessions += 1;
+        self.totals.frames_sent += s.frames_sent;
+        self.totals.frames_dropped += s.frames_dropped;
+        if s.reason == EndReason::Error {
+            self.totals.failed += 1;
+            tracing::warn!(session = %s.session, event = "session_end", reason = s.reason.as_str(),
+                "session {} failed: {}", s.session, s.detail.as_deref().unwrap_or("unknown error"));
+        } else {
+            tracing::info!(session = %s.session, event = "session_end", reason = s.reason.as_str(),
+                duration_ms = s.duration_ms, frames_sent = s.frames_sent, frames_dropped = s.frames_dropped,
+                "session {} ended ({}): {} frames sent, {} dropped", s.session, s.reason.as_str(), s.frames_sent, s.frames_dropped);
+        }
+        self.reporter.emit(Event::SessionEnd(s.clone()));
+        self.totals.last = Some(s);
+    }
+}
