@@ -63,7 +63,16 @@ pub enum Command {
         #[arg(value_name = "SAMPLE.wav", required = true)]
         samples: Vec<PathBuf>,
     },
-    /// Run the audio front end on a recording and print what it hears.
+    /// A reference voxgate/1 server: records each session, replies like a speech server.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8765")]
+        listen: String,
+        /// Write <session>.wav and <session>.json here.
+        #[arg(long, value_name = "DIR")]
+        record_dir: Option<PathBuf>,
+    },
+    /// The whole pipeline on a bundled recording against an in-process server, printing the timeline.
     Demo {
         /// A WAV file to use instead of the bundled recording.
         #[arg(long, value_name = "FILE.wav")]

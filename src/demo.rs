@@ -1,77 +1,117 @@
-//! `voxgate demo`: runs the audio front end on the bundled recording (or a given WAV) as fast as it can be
-//! read, and prints a level timeline: what the detector will see.
+//! `voxgate demo`: the whole pipeline on the bundled recording (or a given WAV), played as fast as it can be
+//! processed, against a reference server (`voxgate serve`) on loopback in the same process; prints the
+//! timeline of what happened and where the recordings went.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::audio::{self, SystemClock};
-use crate::config::{AudioConfig, FilePacing};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
-/// The bundled recording: wake word, command, silence, a decoy phrase, and again (16 kHz mono).
+use crate::config::{Config, FilePacing};
+use crate::serve::{self, Record};
+use crate::session::Event;
+
+/// The bundled recording: wake word + command, silence, a decoy phrase, and again (16 kHz mono).
 pub const DEMO_WAV: &[u8] = include_bytes!("../assets/demo.wav");
 
-/// Timeline resolution.
-const STEP_MS: u64 = 250;
-
-/// Runs the demo, printing to `out`. Returns the number of frames.
-pub fn run(file: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<u64> {
-    let (path, _keep) = match file {
-        Some(p) => (p.to_path_buf(), None),
-        None => {
-            let dir = tempfile::tempdir()?;
-            let p = dir.path().join("demo.wav");
-            std::fs::write(&p, DEMO_WAV)?;
-            (p, Some(dir))
-        }
-    };
-    let shown: PathBuf = file.map(Path::to_path_buf).unwrap_or_else(|| "bundled demo.wav".into());
-    let audio = AudioConfig { source: format!("file:{}", path.display()), file_pacing: FilePacing::Fast, ..AudioConfig::default() };
-    let info = audio::probe_wav(&path)?;
-    writeln!(
-        out,
-        "voxgate demo: audio front end on {} ({} Hz, {} ch, {}-bit, {:.1} s) -> {} Hz mono, {} ms frames",
-        shown.display(),
-        info.spec.sample_rate,
-        info.spec.channels,
-        info.spec.bits_per_sample,
-        info.duration_ms() as f64 / 1000.0,
-        audio.sample_rate,
-        audio.frame_ms
-    )?;
-    let started = Instant::now();
-    let source = audio::start(&audio, SystemClock::new())?;
-    let per_step = (STEP_MS / audio.frame_ms as u64) as usize;
-    let mut step = Vec::with_capacity(per_step * source.spec.samples());
-    let mut t_ms = 0u64;
-    for frame in source.frames.iter() {
-        step.extend_from_slice(&frame.pcm);
-        if step.len() == per_step * source.spec.samples() {
-            print_step(out, t_ms, &step)?;
-            t_ms += STEP_MS;
-            step.clear();
-        }
-    }
-    if !step.is_empty() {
-        print_step(out, t_ms, &step)?;
-    }
-    let stats = source.stats.clone();
-    source.join()?;
-    let frames = stats.frames.load(Ordering::Relaxed);
-    writeln!(
-        out,
-        "{frames} frames ({:.2} s of audio) in {:.0} ms, {} dropped",
-        (frames * audio.frame_ms as u64) as f64 / 1000.0,
-        started.elapsed().as_secs_f64() * 1000.0,
-        stats.overruns.load(Ordering::Relaxed)
-    )?;
-    Ok(frames)
+/// What the demo did, for tests.
+#[derive(Debug)]
+pub struct Outcome {
+    pub events: Vec<Event>,
+    pub records: Vec<Record>,
+    pub record_dir: PathBuf,
 }
 
-fn print_step(out: &mut dyn Write, t_ms: u64, pcm: &[i16]) -> std::io::Result<()> {
-    let db = audio::level_dbfs(pcm);
-    // -70 dBFS and below is an empty bar; 0 dBFS is 35 blocks.
-    let width = (((db + 70.0) / 2.0).max(0.0)) as usize;
-    writeln!(out, "{:>6.2} s {:>4.0} dBFS {}", t_ms as f64 / 1000.0, db, "#".repeat(width))
+/// Runs the demo, printing the timeline to `out`.
+pub fn run(file: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let dir = tempfile::Builder::new().prefix("voxgate-demo-").tempdir()?.keep();
+    let wav = match file {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = dir.join("demo-input.wav");
+            std::fs::write(&p, DEMO_WAV)?;
+            p
+        }
+    };
+    let info = crate::audio::probe_wav(&wav)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("ws://{}/", listener.local_addr()?);
+        let stop_server = CancellationToken::new();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(serve::serve(listener, Some(dir.clone()), stop_server.clone(), Some(done_tx)));
+        let mut config = Config::default();
+        config.audio.source = format!("file:{}", wav.display());
+        config.audio.file_pacing = FilePacing::Fast;
+        config.session.url = url.clone();
+        let shown = file.map(|p| p.display().to_string()).unwrap_or_else(|| "the bundled recording".into());
+        writeln!(
+            out,
+            "voxgate demo: {shown} ({:.1} s) through the whole pipeline, as fast as it goes, to a reference server at {url}\n",
+            info.duration_ms() as f64 / 1000.0
+        )?;
+        let (events_tx, mut events_rx) = broadcast::channel(crate::daemon::EVENTS_QUEUE);
+        let started = Instant::now();
+        let summary = crate::daemon::run_with_events(config, CancellationToken::new(), events_tx).await?;
+        let mut events = Vec::new();
+        while let Ok(e) = events_rx.try_recv() {
+            print_event(out, &e)?;
+            events.push(e);
+        }
+        stop_server.cancel();
+        let _ = server.await;
+        let mut records = Vec::new();
+        while let Ok(r) = done_rx.try_recv() {
+            records.push(r);
+        }
+        writeln!(
+            out,
+            "\n{:.1} s of audio in {:.0} ms: {} wake words, {} sessions, {} frames sent, {} dropped",
+            summary.audio_ms as f64 / 1000.0,
+            started.elapsed().as_secs_f64() * 1000.0,
+            summary.detector.map(|d| d.detections).unwrap_or(0),
+            summary.sessions.sessions,
+            summary.sessions.frames_sent,
+            summary.sessions.frames_dropped
+        )?;
+        writeln!(out, "the server recorded each session to {} (<session>.wav and <session>.json)", dir.display())?;
+        Ok(Outcome { events, records, record_dir: dir.clone() })
+    })
+}
+
+fn print_event(out: &mut dyn Write, e: &Event) -> std::io::Result<()> {
+    let short = |s: &str| s.chars().take(8).collect::<String>();
+    match e {
+        Event::Wake { wakeword, score, t_ms, acted_on } => writeln!(
+            out,
+            "{:>7.2} s  wake word {wakeword} (score {score:.2}){}",
+            *t_ms as f64 / 1000.0,
+            if *acted_on { "" } else { ", during a session: not acted on" }
+        ),
+        Event::SessionStart { session, trigger, preroll_ms, .. } => {
+            let trigger = serde_json::to_value(trigger).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            writeln!(out, "           session {} starts ({trigger}, with {preroll_ms} ms of audio from before the wake word)", short(session))
+        }
+        Event::ServerMessage { message, .. } => writeln!(
+            out,
+            "           server: {} {}",
+            message.get("type").and_then(|t| t.as_str()).unwrap_or("message"),
+            message.get("text").and_then(|t| t.as_str()).unwrap_or("")
+        ),
+        Event::SessionEnd(s) => writeln!(
+            out,
+            "           session {} ends: {}{}, after {} ms; {} frames sent, {} dropped",
+            short(&s.session),
+            s.reason.as_str(),
+            s.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(),
+            s.duration_ms,
+            s.frames_sent,
+            s.frames_dropped
+        ),
+        Event::State { .. } => Ok(()),
+        Event::Error { message } => writeln!(out, "           error: {message}"),
+    }
 }

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod demo;
 pub mod logging;
 pub mod record;
+pub mod serve;
 pub mod session;
 pub mod wake;
 

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::WakeTest { file, config, json } => wake_test(&file, config.as_deref(), json),
         Command::Enroll { name, out, samples } => enroll(&name, &out, &samples),
         Command::Record { out, config, seconds } => record(&out, config.as_deref(), seconds),
+        Command::Serve { listen, record_dir } => serve(&listen, record_dir),
         Command::Demo { file } => match voxgate::demo::run(file.as_deref(), &mut std::io::stdout().lock()) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => fail(exit::FAILURE, format!("{e:#}")),
@@ -149,6 +150,34 @@ fn enroll(name: &str, out: &std::path::Path, samples: &[std::path::PathBuf]) -> 
         }
         Err(e) => fail(exit::FAILURE, e),
     }
+}
+
+fn serve(listen: &str, record_dir: Option<std::path::PathBuf>) -> ExitCode {
+    let _log = voxgate::logging::init(&voxgate::config::LogConfig::default());
+    if let Some(d) = &record_dir {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            return fail(exit::FAILURE, format!("cannot create {}: {e}", d.display()));
+        }
+    }
+    let shutdown = CancellationToken::new();
+    if let Err(e) = watch_signals(shutdown.clone()) {
+        return fail(exit::FAILURE, format!("cannot install signal handlers: {e}"));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(exit::FAILURE, format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(exit::FAILURE, format!("cannot listen on {listen}: {e}")),
+        };
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| listen.to_string());
+        // The ready line: tests and scripts wait for it.
+        println!("listening on ws://{addr}/");
+        voxgate::serve::serve(listener, record_dir, shutdown, None).await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn devices() -> ExitCode {

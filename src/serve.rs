@@ -1,0 +1,154 @@
+//! `voxgate serve`: a reference voxgate/1 server, to try a device end to end and for the demo.
+//!
+//! Each session is recorded to `<session>.wav` and `<session>.json` (the start message, frames received, gaps
+//! in `seq`, the end message) when a record directory is given. It replies like a speech server: a `partial`
+//! every half second of audio, and a `final` after the client's `end` with how much audio and speech it got.
+//! One task per connection; the listener and the shutdown token come from the caller, so tests and the demo
+//! run it in process.
+
+use std::path::{Path, PathBuf};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::session::client::ws_config;
+use crate::session::protocol::{ClientMessage, msgpack_to_json};
+
+/// Frames between two `partial` replies: half a second at 20 ms.
+const PARTIAL_EVERY: u64 = 25;
+
+/// What the server saw of one session (the `.json` next to the `.wav`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Record {
+    pub session: String,
+    pub start: serde_json::Value,
+    pub frames: u64,
+    pub audio_ms: u64,
+    pub speech_ms: u64,
+    /// Missing `seq` ranges, inclusive: `[[first, last], …]`.
+    pub gaps: Vec<[u64; 2]>,
+    pub end: Option<serde_json::Value>,
+    pub wav: Option<PathBuf>,
+}
+
+/// Accepts connections until `shutdown`; reports each finished session on `done` if given.
+pub async fn serve(
+    listener: TcpListener,
+    record_dir: Option<PathBuf>,
+    shutdown: CancellationToken,
+    done: Option<tokio::sync::mpsc::UnboundedSender<Record>>,
+) {
+    let tracker = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+            },
+        };
+        let (dir, done, stop) = (record_dir.clone(), done.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                r = session(tcp, dir.as_deref()) => match r {
+                    Ok(record) => {
+                        tracing::info!(session = %record.session, "session from {peer}: {} frames, {} gaps", record.frames, record.gaps.len());
+                        if let Some(d) = done { let _ = d.send(record); }
+                    }
+                    Err(e) => tracing::warn!("session from {peer}: {e}"),
+                },
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+fn reply(v: serde_json::Value) -> Message {
+    Message::Binary(Bytes::from(rmp_serde::to_vec_named(&v).expect("JSON values encode")))
+}
+
+async fn session(tcp: TcpStream, dir: Option<&Path>) -> anyhow::Result<Record> {
+    let _ = tcp.set_nodelay(true);
+    let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config())).await?;
+    let mut record = Record::default();
+    let mut wav: Option<hound::WavWriter<std::io::BufWriter<std::fs::File>>> = None;
+    let mut vad = earshot::Detector::default_boxed();
+    let mut chunk: Vec<i16> = Vec::with_capacity(256);
+    let mut speech_chunks = 0u64;
+    let mut frame_ms = 20u64;
+    let mut next_seq = 0u64;
+    while let Some(msg) = ws.next().await {
+        let bytes = match msg? {
+            Message::Binary(b) => b,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        match ClientMessage::decode(&bytes) {
+            Ok(ClientMessage::Start { session, sample_rate, frame_ms: f, .. }) => {
+                record.session = session.clone();
+                record.start = msgpack_to_json(&bytes).unwrap_or_default();
+                frame_ms = f as u64;
+                if let Some(d) = dir {
+                    let path = d.join(format!("{session}.wav"));
+                    let spec = hound::WavSpec { channels: 1, sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+                    wav = Some(hound::WavWriter::create(&path, spec)?);
+                    record.wav = Some(path);
+                }
+            }
+            Ok(ClientMessage::Audio { seq, pcm }) => {
+                if seq > next_seq {
+                    record.gaps.push([next_seq, seq - 1]);
+                }
+                next_seq = seq + 1;
+                record.frames += 1;
+                for b in pcm.chunks_exact(2) {
+                    let s = i16::from_le_bytes([b[0], b[1]]);
+                    if let Some(w) = wav.as_mut() {
+                        w.write_sample(s)?;
+                    }
+                    chunk.push(s);
+                    if chunk.len() == 256 {
+                        speech_chunks += (vad.predict_i16(&chunk) > 0.5) as u64;
+                        chunk.clear();
+                    }
+                }
+                record.audio_ms = record.frames * frame_ms;
+                record.speech_ms = speech_chunks * 16;
+                if record.frames % PARTIAL_EVERY == 0 {
+                    ws.send(reply(serde_json::json!({"type": "partial", "text": format!("({} ms of audio)", record.audio_ms), "audio_ms": record.audio_ms}))).await?;
+                }
+            }
+            Ok(ClientMessage::End { .. }) => {
+                record.end = msgpack_to_json(&bytes).ok();
+                ws.send(reply(serde_json::json!({
+                    "type": "final",
+                    "text": format!("(heard {:.1} s of speech in {:.1} s of audio)", record.speech_ms as f64 / 1000.0, record.audio_ms as f64 / 1000.0),
+                    "audio_ms": record.audio_ms,
+                    "speech_ms": record.speech_ms,
+                    "frames": record.frames,
+                    "gaps": record.gaps.len(),
+                })))
+                .await?;
+                let _ = ws.close(None).await;
+                break;
+            }
+            Err(e) => anyhow::bail!("unreadable message: {e}"),
+        }
+    }
+    if let Some(w) = wav {
+        w.finalize()?;
+    }
+    if let (Some(d), false) = (dir, record.session.is_empty()) {
+        std::fs::write(d.join(format!("{}.json", record.session)), serde_json::to_vec_pretty(&record)?)?;
+    }
+    Ok(record)
+}
