@@ -197,7 +197,8 @@ impl AudioSide {
 
     /// Starts a session whose audio begins with `preroll`.
     fn open(&mut self, trigger: Trigger, wake: Option<(&str, f32)>, t_ms: u64, preroll: &[Frame], next_seq: u64) {
-        let queue = Arc::new(SessionQueue::new(self.queue_frames.max(preroll.len()), self.lossless));
+        let first_seq = preroll.first().map(|f| f.seq).unwrap_or(next_seq);
+        let queue = Arc::new(SessionQueue::new(self.queue_frames.max(preroll.len()), self.lossless, first_seq));
         let req = session::request(trigger, wake, t_ms, preroll, next_seq, self.spec.frame_ms, queue.clone());
         if self.requests.try_send(req).is_err() {
             tracing::warn!("session not started: the supervisor is not keeping up");

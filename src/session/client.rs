@@ -323,6 +323,7 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
     // Streaming: until the end is decided, or either side fails.
     let mut detail = None;
     let mut reader_done = None;
+    let mut early_sink = None;
     tokio::select! {
         _ = queue.wait_ended() => {}
         r = &mut reader => {
@@ -335,9 +336,25 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
             reader_done = Some(r);
         }
         w = &mut writer => {
-            let e = match w { Ok(Err(e)) => e.to_string(), _ => "writer task failed".into() };
-            detail = Some(format!("cannot send to {url}: {e}"));
-            queue.finish(EndReason::Error);
+            use tokio_tungstenite::tungstenite::Error as WsError;
+            let failure = match w {
+                // Done already: the end was decided and sent.
+                Ok(Ok(sink)) => {
+                    early_sink = Some(sink);
+                    None
+                }
+                // The server went away: what the reader would have said had it seen the close first.
+                Ok(Err(e @ (WsError::ConnectionClosed | WsError::AlreadyClosed))) => Some(format!("the server closed the connection mid-session ({e})")),
+                Ok(Err(WsError::Io(e))) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => {
+                    Some(format!("the server closed the connection mid-session ({e})"))
+                }
+                Ok(Err(e)) => Some(format!("cannot send to {url}: {e}")),
+                Err(e) => Some(format!("writer task failed: {e}")),
+            };
+            if let Some(f) = failure {
+                detail = Some(f);
+                queue.finish(EndReason::Error);
+            }
             writer = tokio::spawn(async move { Err(tokio_tungstenite::tungstenite::Error::AlreadyClosed) });
         }
     }
@@ -346,6 +363,7 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
     // Drain 1: what is queued, then our end.
     let mut abandoned = 0;
     let sink = match tokio::time::timeout(p.drain_timeout, &mut writer).await {
+        _ if early_sink.is_some() => early_sink.take(),
         Ok(Ok(Ok(sink))) => Some(sink),
         Ok(_) => None,
         Err(_) => {

@@ -32,6 +32,10 @@ struct State {
     end: Option<EndReason>,
     pushed: u64,
     dropped: u64,
+    /// Frames that never reached the queue (the source dropped them): gaps in `seq`.
+    missed: u64,
+    /// The `seq` expected next.
+    next_seq: u64,
 }
 
 /// What the writer gets next.
@@ -43,9 +47,10 @@ pub enum Next {
 }
 
 impl SessionQueue {
-    pub fn new(capacity: usize, lossless: bool) -> Self {
+    /// A queue for a session whose first frame has sequence number `first_seq`.
+    pub fn new(capacity: usize, lossless: bool, first_seq: u64) -> Self {
         SessionQueue {
-            state: Mutex::new(State { frames: VecDeque::with_capacity(capacity.max(1)), ..State::default() }),
+            state: Mutex::new(State { frames: VecDeque::with_capacity(capacity.max(1)), next_seq: first_seq, ..State::default() }),
             ready: Notify::new(),
             space: Condvar::new(),
             end_tx: tokio::sync::watch::Sender::new(None),
@@ -76,6 +81,8 @@ impl SessionQueue {
                 s.dropped += 1;
             }
         }
+        s.missed += frame.seq.saturating_sub(s.next_seq);
+        s.next_seq = s.next_seq.max(frame.seq + 1);
         s.frames.push_back(frame);
         s.pushed += 1;
         drop(s);
@@ -126,9 +133,11 @@ impl SessionQueue {
         }
     }
 
-    /// Frames dropped because the queue was full.
+    /// Frames of this session the server will not get: dropped because the queue was full, or never queued
+    /// because the source dropped them. Equals the gaps in the `seq` the server sees.
     pub fn dropped(&self) -> u64 {
-        self.lock().dropped
+        let s = self.lock();
+        s.dropped + s.missed
     }
 
     /// Frames still waiting.
@@ -157,7 +166,7 @@ mod tests {
 
     #[tokio::test]
     async fn live_queue_drops_the_oldest_and_keeps_the_end_last() {
-        let q = SessionQueue::new(3, false);
+        let q = SessionQueue::new(3, false, 0);
         for s in 0..5 {
             assert!(q.push(frame(s)));
         }
@@ -178,9 +187,18 @@ mod tests {
         assert_eq!(got, vec![2, 3, 4]);
     }
 
+    #[test]
+    fn frames_the_source_dropped_count_as_dropped() {
+        let q = SessionQueue::new(10, false, 5);
+        for s in [5, 6, 9, 10] {
+            q.push(frame(s));
+        }
+        assert_eq!(q.dropped(), 2, "seq 7 and 8 never came");
+    }
+
     #[tokio::test]
     async fn lossless_queue_waits_for_room() {
-        let q = Arc::new(SessionQueue::new(2, true));
+        let q = Arc::new(SessionQueue::new(2, true, 0));
         let producer = {
             let q = q.clone();
             std::thread::spawn(move || (0..10).all(|s| q.push(frame(s))))
@@ -198,7 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn finishing_releases_a_waiting_producer() {
-        let q = Arc::new(SessionQueue::new(1, true));
+        let q = Arc::new(SessionQueue::new(1, true, 0));
         assert!(q.push(frame(0)));
         let producer = {
             let q = q.clone();

@@ -3,5 +3,6 @@
 mod capture;
 mod cli;
 mod files;
+mod sessions;
 mod support;
 mod wake;

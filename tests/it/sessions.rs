@@ -1,0 +1,301 @@
+//! Sessions against real WebSocket servers on loopback: the reference server, and small servers that
+//! misbehave on purpose.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_util::sync::CancellationToken;
+use voxgate::config::{Config, FilePacing};
+use voxgate::serve::Record;
+use voxgate::session::protocol::{ClientMessage, msgpack_to_json};
+use voxgate::session::{EndReason, Event, SessionSummary};
+
+use crate::support::{fixtures, labels, read_wav, write_wav};
+
+/// The reference server on 127.0.0.1:0, recording into a temporary directory.
+struct RefServer {
+    url: String,
+    dir: tempfile::TempDir,
+    stop: CancellationToken,
+    records: tokio::sync::mpsc::UnboundedReceiver<Record>,
+}
+
+async fn reference_server() -> RefServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let (tx, records) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(voxgate::serve::serve(listener, Some(dir.path().to_path_buf()), stop.clone(), Some(tx)));
+    RefServer { url, dir, stop, records }
+}
+
+fn file_config(path: &std::path::Path, url: &str) -> Config {
+    let mut c = Config::default();
+    c.audio.source = format!("file:{}", path.display());
+    c.audio.file_pacing = FilePacing::Fast;
+    c.session.url = url.to_string();
+    c
+}
+
+/// Runs the daemon in process until the source ends; returns every event.
+async fn run(config: Config) -> (voxgate::daemon::Summary, Vec<Event>) {
+    let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
+    let summary = voxgate::daemon::run_with_events(config, CancellationToken::new(), tx).await.unwrap();
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    (summary, events)
+}
+
+fn ends(events: &[Event]) -> Vec<SessionSummary> {
+    events.iter().filter_map(|e| if let Event::SessionEnd(s) = e { Some(s.clone()) } else { None }).collect()
+}
+
+fn wakes(events: &[Event]) -> Vec<u64> {
+    events.iter().filter_map(|e| if let Event::Wake { t_ms, .. } = e { Some(*t_ms) } else { None }).collect()
+}
+
+/// Where `needle` is in `haystack`, checking every sample.
+fn position(haystack: &[i16], needle: &[i16]) -> Option<usize> {
+    let head = &needle[..needle.len().min(64)];
+    haystack.windows(head.len()).enumerate().filter(|(_, w)| *w == head).map(|(i, _)| i).find(|&i| haystack.get(i..i + needle.len()) == Some(needle))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_wake_word_streams_its_audio_bit_for_bit_and_ends_on_silence() {
+    let mut server = reference_server().await;
+    let file = "stream-en-us_m1.wav";
+    let path = fixtures().join(file);
+    let (summary, events) = run(file_config(&path, &server.url)).await;
+    server.stop.cancel();
+    let (_, source) = read_wav(&path);
+    let wake_labels: Vec<_> = labels().into_iter().filter(|l| l.file == file && l.kind == "wake").collect();
+    // Two wake words; the five decoys in between open nothing.
+    assert_eq!(summary.sessions.sessions, 2, "{events:?}");
+    let ends = ends(&events);
+    assert!(ends.iter().all(|s| s.reason == EndReason::Silence && s.frames_dropped == 0), "{ends:?}");
+    let mut records = Vec::new();
+    while let Some(r) = server.records.recv().await {
+        records.push(r);
+        if records.len() == 2 {
+            break;
+        }
+    }
+    for (r, (t_ms, label)) in records.iter().zip(wakes(&events).into_iter().zip(&wake_labels)) {
+        assert_eq!(r.start["type"], "start");
+        assert_eq!(r.start["proto"], 1);
+        assert_eq!(r.start["trigger"], "wakeword");
+        assert_eq!(r.start["wakeword"], "hey_jarvis");
+        assert_eq!((r.start["sample_rate"].as_u64(), r.start["frame_ms"].as_u64(), r.start["preroll_ms"].as_u64()), (Some(16000), Some(20), Some(2000)));
+        assert!(r.gaps.is_empty(), "seq contiguous: {:?}", r.gaps);
+        assert_eq!(r.end.as_ref().unwrap()["reason"], "silence");
+        assert_eq!(r.end.as_ref().unwrap()["frames_sent"].as_u64(), Some(r.frames));
+        // The audio is the source from (detection - pre-roll) on, bit for bit.
+        let first = (t_ms / 20 - 100) as usize * 320;
+        let (_, got) = read_wav(r.wav.as_ref().unwrap());
+        assert_eq!(got.len() as u64, r.frames * 320);
+        assert!(got[..] == source[first..first + got.len()], "session audio differs from the source");
+        assert!((first as u64) * 1000 / 16000 <= label.start_ms, "the wake word's start is in the session");
+        assert!(r.dir_json_exists(server.dir.path()));
+    }
+}
+
+trait JsonNextToWav {
+    fn dir_json_exists(&self, dir: &std::path::Path) -> bool;
+}
+
+impl JsonNextToWav for Record {
+    fn dir_json_exists(&self, dir: &std::path::Path) -> bool {
+        let json = dir.join(format!("{}.json", self.session));
+        std::fs::read_to_string(json).map(|t| t.contains("\"gaps\"")).unwrap_or(false)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_word_with_nothing_after_it_ends_with_no_speech() {
+    let server = reference_server().await;
+    let file = "stream-en-us_m1.wav";
+    let (_, source) = read_wav(&fixtures().join(file));
+    let wake = labels().into_iter().find(|l| l.file == file && l.kind == "wake").unwrap();
+    let mut pcm = source[..((wake.end_ms + 200) * 16) as usize].to_vec();
+    pcm.extend(std::iter::repeat_n(0i16, 16000 * 6));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alone.wav");
+    write_wav(&path, 16000, &pcm);
+    let (summary, events) = run(file_config(&path, &server.url)).await;
+    server.stop.cancel();
+    assert_eq!(summary.sessions.sessions, 1);
+    let end = &ends(&events)[0];
+    assert_eq!(end.reason, EndReason::NoSpeech, "{end:?}");
+}
+
+/// A server whose behaviour the test chooses; reports what it received.
+#[derive(Clone, Copy, PartialEq)]
+enum Misbehave {
+    /// Reads the start, then nothing until told to resume.
+    Stall,
+    /// Answers after frame 5 and counts frames.
+    ReplyAfterFive,
+    /// Closes the connection after 10 frames.
+    CloseAfterTen,
+    /// Sends a non-MessagePack binary message after 5 frames.
+    Garbage,
+    /// Sends a 2 MiB message after 5 frames.
+    Oversized,
+}
+
+struct TestServer {
+    url: String,
+    resume: Arc<tokio::sync::Notify>,
+    received: Arc<AtomicU64>,
+    seqs: tokio::sync::mpsc::UnboundedReceiver<(Vec<u64>, Option<serde_json::Value>)>,
+}
+
+async fn test_server(how: Misbehave) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let resume = Arc::new(tokio::sync::Notify::new());
+    let received = Arc::new(AtomicU64::new(0));
+    let (tx, seqs) = tokio::sync::mpsc::unbounded_channel();
+    let (r, n) = (resume.clone(), received.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (r, n, tx) = (r.clone(), n.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                let mut seqs = Vec::new();
+                let mut end = None;
+                let mut started = false;
+                while let Some(Ok(msg)) = ws.next().await {
+                    let Message::Binary(b) = msg else { continue };
+                    match ClientMessage::decode(&b) {
+                        Ok(ClientMessage::Start { .. }) => {
+                            started = true;
+                            if how == Misbehave::Stall {
+                                r.notified().await;
+                            }
+                        }
+                        Ok(ClientMessage::Audio { seq, .. }) => {
+                            seqs.push(seq);
+                            let count = n.fetch_add(1, Ordering::SeqCst) + 1;
+                            let reply = |v: serde_json::Value| Message::Binary(Bytes::from(rmp_serde::to_vec_named(&v).unwrap()));
+                            match (how, count) {
+                                (Misbehave::ReplyAfterFive, 5) => {
+                                    let _ = ws.send(reply(serde_json::json!({"type": "partial", "text": "five"}))).await;
+                                }
+                                (Misbehave::CloseAfterTen, 10) => {
+                                    let _ = ws.close(None).await;
+                                    break;
+                                }
+                                (Misbehave::Garbage, 5) => {
+                                    let _ = ws.send(Message::Binary(Bytes::from_static(&[0xc1, 0x00, 0xff]))).await;
+                                }
+                                (Misbehave::Oversized, 5) => {
+                                    let _ = ws.send(Message::Binary(Bytes::from(vec![0u8; 2 << 20]))).await;
+                                }
+                                _ => {}
+                            }
+                        }
+                        Ok(ClientMessage::End { .. }) => {
+                            end = msgpack_to_json(&b).ok();
+                            let _ = ws.send(Message::text("{\"type\":\"final\",\"text\":\"ok\"}")).await;
+                            let _ = ws.close(None).await;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if started {
+                    let _ = tx.send((seqs, end));
+                }
+            });
+        }
+    });
+    TestServer { url, resume, received, seqs }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_arrive_while_audio_is_still_flowing() {
+    let mut server = test_server(Misbehave::ReplyAfterFive).await;
+    let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), &server.url);
+    // Real time: frames leave one every 20 ms.
+    config.audio.file_pacing = FilePacing::Realtime;
+    config.session.max_ms = 1000;
+    // No pre-roll burst: every frame leaves when it is captured.
+    config.session.preroll_ms = 0;
+    let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
+    let received = server.received.clone();
+    let watcher = tokio::spawn(async move {
+        while let Ok(e) = rx.recv().await {
+            if let Event::ServerMessage { message, .. } = e {
+                // The reply is here: how many frames has the server got by now?
+                return Some((message, received.load(Ordering::SeqCst)));
+            }
+        }
+        None
+    });
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(voxgate::daemon::run_with_events(config, stop.clone(), tx));
+    let (message, frames_then) = watcher.await.unwrap().expect("a server message");
+    assert_eq!(message["text"], "five");
+    assert!(frames_then < 10, "the reply to frame 5 came after frame {frames_then} was sent");
+    let (seqs, end) = server.seqs.recv().await.unwrap();
+    assert!(seqs.len() >= 10, "audio kept flowing after the reply");
+    assert_eq!(end.unwrap()["reason"], "max_duration");
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_at_wake_is_an_error_and_the_daemon_carries_on() {
+    // A port nobody listens on.
+    let url = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("ws://{}/", l.local_addr().unwrap())
+    };
+    let (summary, events) = run(file_config(&fixtures().join("stream-en-us_m1.wav"), &url)).await;
+    let ends = ends(&events);
+    assert_eq!(ends.len(), 2, "both wake words tried: {ends:?}");
+    for e in &ends {
+        assert_eq!(e.reason, EndReason::Error);
+        let detail = e.detail.as_deref().unwrap_or_default();
+        assert!(detail.contains("cannot connect") && detail.contains("127.0.0.1"), "{detail}");
+    }
+    assert_eq!(summary.sessions.failed, 2);
+    assert!(events.iter().any(|e| matches!(e, Event::State { state: voxgate::session::State::Backoff })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_server_ends_the_session_with_a_clear_reason() {
+    for (how, expect) in [
+        (Misbehave::CloseAfterTen, "closed the connection mid-session"),
+        (Misbehave::Garbage, "not a MessagePack map"),
+        (Misbehave::Oversized, "too long"),
+    ] {
+        let server = test_server(how).await;
+        // Real time and no pre-roll, so the server misbehaves while the session is still streaming.
+        let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), &server.url);
+        config.audio.file_pacing = FilePacing::Realtime;
+        config.session.preroll_ms = 0;
+        let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
+        let stop = CancellationToken::new();
+        let daemon = tokio::spawn(voxgate::daemon::run_with_events(config, stop.clone(), tx));
+        let end = loop {
+            if let Event::SessionEnd(s) = rx.recv().await.unwrap() {
+                break s;
+            }
+        };
+        stop.cancel();
+        daemon.await.unwrap().unwrap();
+        for e in [&end] {
+            assert_eq!(e.reason, EndReason::Error, "{e:?}");
+            let detail = e.detail.as_deref().unwrap_or_default();
+            assert!(detail.contains(expect), "{expect:?} not in {detail:?}");
+        }
+    }
+}
