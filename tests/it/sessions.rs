@@ -157,7 +157,12 @@ struct TestServer {
 }
 
 async fn test_server(how: Misbehave) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A small receive buffer (inherited by accepted sockets): on loopback the kernel would otherwise buffer
+    // megabytes for a server that does not read, which a server across a network does not.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     let resume = Arc::new(tokio::sync::Notify::new());
     let received = Arc::new(AtomicU64::new(0));
@@ -298,4 +303,54 @@ async fn a_misbehaving_server_ends_the_session_with_a_clear_reason() {
             assert!(detail.contains(expect), "{expect:?} not in {detail:?}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_costs_the_oldest_frames_and_no_memory() {
+    let mut server = test_server(Misbehave::Stall).await;
+    let (_, pcm) = read_wav(&fixtures().join("stream-en-us_m1.wav"));
+    // A partial last frame is padded into a whole one.
+    let total_frames = pcm.len().div_ceil(320) as u64;
+    let mut child = crate::support::ChildGuard(
+        crate::support::voxgate()
+            .arg("run")
+            .env("VOXGATE_AUDIO__SOURCE", "stdin")
+            .env("VOXGATE_WAKE__MODE", "always")
+            .env("VOXGATE_SESSION__URL", &server.url)
+            .env("VOXGATE_SESSION__END_SILENCE_MS", "10000")
+            .env("VOXGATE_SESSION__MAX_MS", "600000")
+            .env("VOXGATE_SESSION__DRAIN_TIMEOUT_MS", "60000")
+            .env("VOXGATE_LOG__LEVEL", "warn")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+    // Live audio at ten times real time (a frame every 2 ms) into a daemon whose server does not read.
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let ticks = crossbeam_channel::tick(std::time::Duration::from_millis(2));
+        for frame in bytes.chunks(640) {
+            stdin.write_all(frame).unwrap();
+            let _ = ticks.recv();
+        }
+    })
+    .await
+    .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
+    let peak_kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(peak_kb < 60 * 1024, "peak RSS {peak_kb} KiB after {} s of audio to a stalled server", total_frames / 50);
+    // The server reads again.
+    server.resume.notify_one();
+    let (seqs, end) = server.seqs.recv().await.unwrap();
+    let end = end.expect("the session was ended and drained");
+    assert_eq!(end["reason"], "source_ended");
+    let gaps: u64 = seqs.windows(2).map(|w| w[1] - w[0] - 1).sum::<u64>() + seqs[0];
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "seq in capture order");
+    assert_eq!(gaps, end["frames_dropped"].as_u64().unwrap(), "the seq gaps are the drop counter");
+    assert_eq!(seqs.len() as u64, end["frames_sent"].as_u64().unwrap());
+    assert!(gaps > total_frames / 2, "most of the audio was dropped ({gaps} of {total_frames}); seqs {}..{} ({}), end {end}", seqs[0], seqs.last().unwrap(), seqs.len());
+    assert_eq!(*seqs.last().unwrap(), total_frames - 1, "the newest audio arrived");
+    assert!(child.0.wait().unwrap().success());
 }
