@@ -198,7 +198,9 @@ impl AudioSide {
     /// Starts a session whose audio begins with `preroll`.
     fn open(&mut self, trigger: Trigger, wake: Option<(&str, f32)>, t_ms: u64, preroll: &[Frame], next_seq: u64) {
         let first_seq = preroll.first().map(|f| f.seq).unwrap_or(next_seq);
-        let queue = Arc::new(SessionQueue::new(self.queue_frames.max(preroll.len()), self.lossless, first_seq));
+        // Room for the pre-roll and `queue_ms` more: the pre-roll is queued at once, before the connection is up,
+        // and must not be pushed out by the frames that arrive while it connects.
+        let queue = Arc::new(SessionQueue::new(self.queue_frames + preroll.len(), self.lossless, first_seq));
         let req = session::request(trigger, wake, t_ms, preroll, next_seq, self.spec.frame_ms, queue.clone());
         if self.requests.try_send(req).is_err() {
             tracing::warn!("session not started: the supervisor is not keeping up");

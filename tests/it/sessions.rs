@@ -147,10 +147,16 @@ enum Misbehave {
     Garbage,
     /// Sends a 2 MiB message after 5 frames.
     Oversized,
+    /// Behaves: reads everything, answers `final`.
+    Plain,
 }
 
 struct TestServer {
     url: String,
+    /// Notified when a session's start arrives.
+    started: Arc<tokio::sync::Notify>,
+    /// The Authorization header of the last connection.
+    authorization: Arc<std::sync::Mutex<Option<String>>>,
     resume: Arc<tokio::sync::Notify>,
     received: Arc<AtomicU64>,
     seqs: tokio::sync::mpsc::UnboundedReceiver<(Vec<u64>, Option<serde_json::Value>)>,
@@ -167,12 +173,18 @@ async fn test_server(how: Misbehave) -> TestServer {
     let resume = Arc::new(tokio::sync::Notify::new());
     let received = Arc::new(AtomicU64::new(0));
     let (tx, seqs) = tokio::sync::mpsc::unbounded_channel();
-    let (r, n) = (resume.clone(), received.clone());
+    let started = Arc::new(tokio::sync::Notify::new());
+    let authorization = Arc::new(std::sync::Mutex::new(None));
+    let (r, n, st, auth) = (resume.clone(), received.clone(), started.clone(), authorization.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (r, n, tx) = (r.clone(), n.clone(), tx.clone());
+            let (r, n, tx, st, auth) = (r.clone(), n.clone(), tx.clone(), st.clone(), auth.clone());
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                    *auth.lock().unwrap() = req.headers().get("authorization").map(|v| v.to_str().unwrap_or_default().to_string());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else { return };
                 let mut seqs = Vec::new();
                 let mut end = None;
                 let mut started = false;
@@ -181,6 +193,7 @@ async fn test_server(how: Misbehave) -> TestServer {
                     match ClientMessage::decode(&b) {
                         Ok(ClientMessage::Start { .. }) => {
                             started = true;
+                            st.notify_one();
                             if how == Misbehave::Stall {
                                 r.notified().await;
                             }
@@ -221,7 +234,7 @@ async fn test_server(how: Misbehave) -> TestServer {
             });
         }
     });
-    TestServer { url, resume, received, seqs }
+    TestServer { url, started, authorization, resume, received, seqs }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,4 +366,138 @@ async fn a_stalled_server_costs_the_oldest_frames_and_no_memory() {
     assert!(gaps > total_frames / 2, "most of the audio was dropped ({gaps} of {total_frames}); seqs {}..{} ({}), end {end}", seqs[0], seqs.last().unwrap(), seqs.len());
     assert_eq!(*seqs.last().unwrap(), total_frames - 1, "the newest audio arrived");
     assert!(child.0.wait().unwrap().success());
+}
+
+/// A CA and a `localhost` certificate it signed, made for the test.
+fn test_pki() -> (String, rustls::pki_types::CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&leaf_key, &ca).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    (ca.pem(), leaf.der().clone(), key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_with_a_private_ca_in_ca_file() {
+    let (ca_pem, cert, key) = test_pki();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                // A client that refuses our certificate fails here: nothing to report.
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                let mut frames = 0;
+                while let Some(Ok(Message::Binary(b))) = ws.next().await {
+                    match ClientMessage::decode(&b) {
+                        Ok(ClientMessage::Audio { .. }) => frames += 1,
+                        Ok(ClientMessage::End { reason, .. }) => {
+                            let _ = ws.send(Message::text("{\"type\":\"final\"}")).await;
+                            let _ = tx.send((frames, reason));
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let url = format!("wss://localhost:{port}/");
+    // Without the CA: the certificate is refused, and the error says so.
+    let (_, events) = run(file_config(&fixtures().join("stream-en-us_m1.wav"), &url)).await;
+    let failed = ends(&events);
+    assert!(failed.iter().all(|e| e.reason == EndReason::Error), "{failed:?}");
+    assert!(failed[0].detail.as_deref().unwrap_or_default().to_lowercase().contains("certificate"), "{failed:?}");
+    // With it: sessions over TLS, ended normally.
+    let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), &url);
+    config.session.ca_file = ca_file;
+    let (summary, events) = run(config).await;
+    assert_eq!(summary.sessions.sessions, 2, "{events:?}");
+    for _ in 0..2 {
+        let (frames, reason) = got.recv().await.unwrap();
+        assert_eq!(reason, EndReason::Silence);
+        assert!(frames > 100);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_capture_sessions_are_bit_exact_and_sigterm_ends_one_with_shutdown() {
+    use crate::support::{ChildGuard, FakeMic, voxgate};
+    let file = "stream-en-us_m1.wav";
+    let (_, source) = read_wav(&fixtures().join(file));
+    let mut server = reference_server().await;
+    let chunk = 4096;
+    let mut data = vec![0u8; chunk * 4];
+    data.extend(source.iter().flat_map(|s| s.to_le_bytes()));
+    let mic = FakeMic::new(data, chunk, std::time::Duration::from_millis(32));
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let mut child = ChildGuard(
+        voxgate()
+            .arg("run")
+            .env("ALSA_CONFIG_PATH", mic.alsa_config())
+            .env("VOXGATE_AUDIO__SOURCE", "alsa:fakemic")
+            .env("VOXGATE_SESSION__URL", &server.url)
+            .env("VOXGATE_SESSION__TOKEN_FILE", &token)
+            .env("VOXGATE_LOG__LEVEL", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    // Both wake words of the stream, captured live: each session is a stretch of the source, bit for bit.
+    for _ in 0..2 {
+        let r = server.records.recv().await.unwrap();
+        let (_, got) = read_wav(r.wav.as_ref().unwrap());
+        assert!(got.len() > 16000, "{} samples", got.len());
+        assert!(position(&source, &got).is_some(), "session {} is not a stretch of the source", r.session);
+        assert!(r.gaps.is_empty());
+        assert_eq!(r.end.as_ref().unwrap()["reason"], "silence");
+    }
+    server.stop.cancel();
+    // A server that keeps the session open: SIGTERM mid-session sends `end` with `shutdown`, then exit 0.
+    drop(child);
+    let mut plain = test_server(Misbehave::Plain).await;
+    let mic = FakeMic::new(
+        std::iter::repeat_n(0u8, chunk * 4).chain(source.iter().flat_map(|s| s.to_le_bytes())).collect(),
+        chunk,
+        std::time::Duration::from_millis(32),
+    );
+    let mut child = ChildGuard(
+        voxgate()
+            .arg("run")
+            .env("ALSA_CONFIG_PATH", mic.alsa_config())
+            .env("VOXGATE_AUDIO__SOURCE", "alsa:fakemic")
+            .env("VOXGATE_SESSION__URL", &plain.url)
+            .env("VOXGATE_SESSION__TOKEN_FILE", &token)
+            .env("VOXGATE_SESSION__END_SILENCE_MS", "10000")
+            .env("VOXGATE_LOG__LEVEL", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    plain.started.notified().await;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let (seqs, end) = plain.seqs.recv().await.unwrap();
+    let end = end.expect("an end message");
+    assert_eq!(end["reason"], "shutdown");
+    assert_eq!(end["frames_sent"].as_u64(), Some(seqs.len() as u64));
+    assert!(child.0.wait().unwrap().success());
+    assert_eq!(plain.authorization.lock().unwrap().as_deref(), Some("Bearer s3cret-token"));
 }
