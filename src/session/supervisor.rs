@@ -149,3 +149,56 @@ impl Supervisor {
         self.totals.last = Some(s);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::session::SessionQueue;
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_sessions_back_off_exponentially_with_jitter() {
+        // A port nobody listens on: every session fails.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut config = Config::default();
+        config.session.url = format!("ws://127.0.0.1:{port}/");
+        let (events, mut rx) = tokio::sync::broadcast::channel(256);
+        let reporter = Reporter { events, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)) };
+        let (tx, requests) = mpsc::channel(8);
+        let supervisor = Supervisor::new(Params::new(&config).unwrap(), reporter, requests);
+        let task = tokio::spawn(supervisor.run(CancellationToken::new()));
+        let request = || SessionRequest {
+            trigger: crate::session::Trigger::Manual,
+            wakeword: None,
+            score: None,
+            t_ms: 0,
+            first_seq: 0,
+            preroll_ms: 0,
+            queue: Arc::new(SessionQueue::new(4, false, 0)),
+        };
+        let mut last_end = None;
+        for i in 0..6u32 {
+            tx.send(request()).await.unwrap();
+            loop {
+                match rx.recv().await.unwrap() {
+                    Event::SessionStart { .. } => {
+                        if let Some(end) = last_end {
+                            let waited: Duration = tokio::time::Instant::now() - end;
+                            let nominal = (BACKOFF_START * 2u32.pow(i - 1)).min(BACKOFF_MAX);
+                            assert!(waited >= nominal.mul_f64(0.8) && waited <= nominal.mul_f64(1.2), "attempt {i}: waited {waited:?}, nominal {nominal:?}");
+                        }
+                    }
+                    Event::SessionEnd(s) => {
+                        assert_eq!(s.reason, EndReason::Error);
+                        last_end = Some(tokio::time::Instant::now());
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        drop(tx);
+        let totals = task.await.unwrap();
+        assert_eq!(totals.failed, 6);
+    }
+}
