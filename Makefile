@@ -24,6 +24,7 @@ demo: deps
 # Figures for docs/BENCHMARKS.md.
 bench: release
 	$(CARGO) bench --locked --bench wake
+	$(CARGO) bench --locked --bench session
 
 # Re-make the bundled recordings from synthetic speech (the results are committed).
 audio:

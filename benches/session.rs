@@ -1,0 +1,204 @@
+//! `make bench`, part 2: sessions on loopback.
+//!
+//! 1. Latency of each frame from the moment it is captured (queued for the session) to its arrival at a
+//!    WebSocket server on 127.0.0.1, over BENCH_FRAMES frames (default 10,000) produced at real time.
+//! 2. Time from a wake-word detection to the server receiving `start` and the first audio (the bundled demo
+//!    recording, played at real time through the whole daemon).
+//! 3. 1,000 sessions back to back: open file descriptors and RSS before and after.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use voxgate::audio::Frame;
+use voxgate::config::{Config, FilePacing};
+use voxgate::session::client::{self, Params, Reporter};
+use voxgate::session::protocol::ClientMessage;
+use voxgate::session::{EndReason, Event, SessionQueue, SessionRequest, State, Trigger};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A server that notes when each message arrives (or, with `keep` false, only reads them).
+async fn timing_server(keep: bool) -> (String, Arc<Mutex<Vec<(Instant, ClientMessage)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let l = l.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                while let Some(Ok(Message::Binary(b))) = ws.next().await {
+                    let at = Instant::now();
+                    if let Ok(m) = ClientMessage::decode(&b) {
+                        let end = matches!(m, ClientMessage::End { .. });
+                        if keep {
+                            l.lock().unwrap().push((at, m));
+                        }
+                        if end {
+                            let _ = ws.close(None).await;
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, log)
+}
+
+fn reporter() -> Reporter {
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    Reporter { events, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)) }
+}
+
+fn request(queue: Arc<SessionQueue>) -> SessionRequest {
+    SessionRequest { trigger: Trigger::Manual, wakeword: None, score: None, t_ms: 0, first_seq: 0, preroll_ms: 0, queue }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn frame_latency(frames: u64) {
+    let (url, log) = timing_server(true).await;
+    let mut config = Config::default();
+    config.session.url = url;
+    config.session.drain_timeout_ms = 5000;
+    let params = Params::new(&config).unwrap();
+    let queue = Arc::new(SessionQueue::new(100, false, 0));
+    let captured = Arc::new(Mutex::new(Vec::with_capacity(frames as usize)));
+    let session = tokio::spawn({
+        let (queue, reporter) = (queue.clone(), reporter());
+        async move { client::run(&params, request(queue), "bench".into(), &reporter).await }
+    });
+    let (q, c) = (queue.clone(), captured.clone());
+    std::thread::spawn(move || {
+        let ticks = crossbeam_channel::tick(Duration::from_millis(20));
+        for seq in 0..frames {
+            let _ = ticks.recv();
+            let now = Instant::now();
+            c.lock().unwrap().push(now);
+            q.push(Frame { seq, captured: now, pcm: vec![0; 320] });
+        }
+        q.finish(EndReason::Stopped);
+    })
+    .join()
+    .unwrap();
+    let summary = session.await.unwrap();
+    let captured = captured.lock().unwrap();
+    let mut lat: Vec<f64> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(at, m)| if let ClientMessage::Audio { seq, .. } = m { Some((*at - captured[*seq as usize]).as_secs_f64() * 1000.0) } else { None })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "| frame latency, capture → loopback server | {} frames at real time | p50 {:.3} ms | p99 {:.3} ms | max {:.3} ms | dropped {} |",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().unwrap(),
+        summary.frames_dropped
+    );
+}
+
+async fn detection_to_server() {
+    let (url, log) = timing_server(true).await;
+    let mut config = Config::default();
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("demo.wav");
+    std::fs::write(&wav, voxgate::demo::DEMO_WAV).unwrap();
+    config.audio.source = format!("file:{}", wav.display());
+    config.audio.file_pacing = FilePacing::Realtime;
+    config.session.url = url;
+    let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
+    let wakes = tokio::spawn(async move {
+        let mut at = Vec::new();
+        while let Ok(e) = rx.recv().await {
+            if let Event::Wake { acted_on: true, .. } = e {
+                at.push(Instant::now());
+            }
+        }
+        at
+    });
+    voxgate::daemon::run_with_events(config, CancellationToken::new(), tx).await.unwrap();
+    let wakes = wakes.await.unwrap();
+    let log = log.lock().unwrap();
+    let starts: Vec<Instant> = log.iter().filter(|(_, m)| matches!(m, ClientMessage::Start { .. })).map(|(t, _)| *t).collect();
+    let firsts: Vec<Instant> = log.iter().filter(|(_, m)| matches!(m, ClientMessage::Audio { seq: 0, .. })).map(|(t, _)| *t).collect();
+    for (i, w) in wakes.iter().enumerate() {
+        println!(
+            "| detection → server, session {} | demo recording at real time | start {:.2} ms | first audio {:.2} ms | | |",
+            i + 1,
+            (starts[i] - *w).as_secs_f64() * 1000.0,
+            (firsts[i] - *w).as_secs_f64() * 1000.0
+        );
+    }
+}
+
+fn fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn many_sessions(n: usize) {
+    let (url, _log) = timing_server(false).await;
+    let mut config = Config::default();
+    config.session.url = url;
+    let params = Params::new(&config).unwrap();
+    let reporter = reporter();
+    let run_one = |i: u64| {
+        let queue = Arc::new(SessionQueue::new(100, false, 0));
+        for seq in 0..10 {
+            queue.push(Frame { seq, captured: Instant::now(), pcm: vec![i as i16; 320] });
+        }
+        queue.finish(EndReason::Silence);
+        let (params, reporter) = (params.clone(), reporter.clone());
+        async move { client::run(&params, request(queue), format!("s{i}"), &reporter).await }
+    };
+    // Warm up allocator pools and the runtime before the baseline.
+    for i in 0..20 {
+        run_one(i).await;
+    }
+    let (fd0, rss0) = (fds(), rss_kb());
+    let started = Instant::now();
+    let mut failed = 0;
+    for i in 0..n as u64 {
+        if run_one(i).await.reason != EndReason::Silence {
+            failed += 1;
+        }
+    }
+    let took = started.elapsed();
+    println!(
+        "| {n} sessions back to back | 10 frames each | {:.2} ms per session | fds {fd0} → {} | RSS {rss0} → {} KiB | failed {failed} |",
+        took.as_secs_f64() * 1000.0 / n as f64,
+        fds(),
+        rss_kb()
+    );
+}
+
+fn main() {
+    let frames: u64 = std::env::var("BENCH_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    println!("| measure | load | | | | |");
+    println!("|---|---|---|---|---|---|");
+    rt.block_on(async {
+        many_sessions(1000).await;
+        detection_to_server().await;
+        frame_latency(frames).await;
+    });
+}
