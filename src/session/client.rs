@@ -285,8 +285,9 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
         }
     });
     let mut reader = tokio::spawn({
-        let (queue, codec, reporter, session, end_sent) = (queue.clone(), p.codec, reporter.clone(), session.clone(), end_sent.clone());
+        let (queue, codec, reporter, session, end_sent, sent) = (queue.clone(), p.codec, reporter.clone(), session.clone(), end_sent.clone(), sent.clone());
         async move {
+            let mut replies = 0u64;
             while let Some(msg) = stream.next().await {
                 let msg = match msg {
                     Ok(m) => m,
@@ -296,7 +297,12 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
                     tracing::debug!(session = %session, "server closed: {frame:?}");
                     return ReaderEnd::Closed;
                 }
-                match codec.reply(&msg, end_sent.load(Ordering::Acquire)) {
+                if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                    replies += 1;
+                }
+                // Vosk answers every message: the reply to the eof is the one after one per frame sent.
+                let last = end_sent.load(Ordering::Acquire) && replies > sent.load(Ordering::Relaxed);
+                match codec.reply(&msg, last) {
                     Ok(None) => {}
                     Ok(Some(reply)) => {
                         let (value, done) = match reply {

@@ -141,8 +141,9 @@ impl Codec {
         }
     }
 
-    /// Reads a data message. `after_end`: our end was sent (with vosk, the next reply is the final one).
-    pub fn reply(&self, msg: &Message, after_end: bool) -> Result<Option<Reply>, ReplyError> {
+    /// Reads a data message. `last`: with vosk, this is the reply to our eof (Vosk answers every message it
+    /// gets, so that is reply number frames sent + 1, counted once the eof is out).
+    pub fn reply(&self, msg: &Message, last: bool) -> Result<Option<Reply>, ReplyError> {
         let value: serde_json::Value = match msg {
             Message::Binary(b) => msgpack_to_json(b).map_err(ReplyError::MsgPack)?,
             Message::Text(t) => serde_json::from_str(t.as_str()).map_err(|e| ReplyError::Json(e.to_string()))?,
@@ -157,7 +158,7 @@ impl Codec {
         Ok(Some(match (self.protocol, value.get("type").and_then(|t| t.as_str())) {
             (Protocol::Voxgate, Some("end")) => Reply::End(value),
             (Protocol::Voxgate, Some("final")) => Reply::Final(value),
-            (Protocol::Vosk, _) if after_end => Reply::Final(value),
+            (Protocol::Vosk, _) if last => Reply::Final(value),
             _ => Reply::Message(value),
         }))
     }

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary and the real audio paths.
 
 mod capture;
+mod interop;
 mod cli;
 mod files;
 mod sessions;
