@@ -18,7 +18,7 @@ use crate::audio::{self, AudioError, Frame, FrameSpec, SystemClock};
 use crate::config::{Config, FilePacing, SourceSpec, WakeMode};
 use crate::session::client::{ConnectError, Params, Reporter};
 use crate::session::segment::Segmenter;
-use crate::session::supervisor::{Supervisor, Totals};
+use crate::session::supervisor::{Command, Supervisor, Totals};
 use crate::session::{self, EndReason, Event, SessionQueue, SessionRequest, State, Trigger};
 use crate::wake::{Detector, DetectorStats, Preroll, WakeError};
 
@@ -57,6 +57,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary,
 
 /// [`run`], publishing on `events` (subscribe before calling to see everything).
 pub async fn run_with_events(config: Config, shutdown: CancellationToken, events: broadcast::Sender<Event>) -> Result<Summary, DaemonError> {
+    let (_, commands) = mpsc::channel(1);
+    run_with(config, shutdown, events, commands).await
+}
+
+/// [`run_with_events`], taking supervisor commands (stop) from `commands`.
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    events: broadcast::Sender<Event>,
+    commands: mpsc::Receiver<Command>,
+) -> Result<Summary, DaemonError> {
     let params = Params::new(&config)?;
     let spec = FrameSpec::from_config(&config.audio);
     let detector = match config.wake.mode {
@@ -73,7 +84,7 @@ pub async fn run_with_events(config: Config, shutdown: CancellationToken, events
         .name("voxgate-detector".into())
         .spawn(move || side.run(frames))
         .map_err(|source| DaemonError::Thread { what: "detector", source })?;
-    let supervisor = Supervisor::new(params, reporter, requests);
+    let supervisor = Supervisor::new(params, reporter, requests, commands);
     // The supervisor returns when the detector thread is done (source ended) and its session drained, or on
     // shutdown after ending the session.
     let totals = supervisor.run(shutdown.clone()).await;

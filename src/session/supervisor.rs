@@ -1,7 +1,7 @@
 //! The supervisor task: the only owner of the state machine.
 //!
-//! Inputs: session requests from the detector thread (mpsc; closed when the audio source ends), and the
-//! shutdown token. It runs one session at a time; a request that arrives while a session drains waits (its
+//! Inputs: session requests from the detector thread (mpsc; closed when the audio source ends), commands
+//! (mpsc, from the control socket), and the shutdown token. It runs one session at a time; a request that arrives while a session drains waits (its
 //! queue keeps the newest `queue_ms` of audio) and starts when the previous one is done. After a failed
 //! session it backs off, exponentially with jitter, up to [`BACKOFF_MAX`]: a request in that time waits for
 //! the backoff to end. Outputs: [`Event`]s and the state (see [`Reporter`]).
@@ -29,10 +29,18 @@ pub struct Totals {
     pub last: Option<SessionSummary>,
 }
 
+/// What the control side can ask of the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// End the current session (and a waiting one) with reason `stopped`.
+    Stop,
+}
+
 pub struct Supervisor {
     params: Params,
     reporter: Reporter,
     requests: mpsc::Receiver<SessionRequest>,
+    commands: mpsc::Receiver<Command>,
     /// Jitter source: a small LCG is plenty to spread reconnects.
     seed: u64,
     pub totals: Totals,
@@ -44,9 +52,9 @@ struct Active {
 }
 
 impl Supervisor {
-    pub fn new(params: Params, reporter: Reporter, requests: mpsc::Receiver<SessionRequest>) -> Self {
+    pub fn new(params: Params, reporter: Reporter, requests: mpsc::Receiver<SessionRequest>, commands: mpsc::Receiver<Command>) -> Self {
         let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-        Supervisor { params, reporter, requests, seed, totals: Totals::default() }
+        Supervisor { params, reporter, requests, commands, seed, totals: Totals::default() }
     }
 
     fn jittered(&mut self, d: Duration) -> Duration {
@@ -73,6 +81,7 @@ impl Supervisor {
         tokio::pin!(backoff);
         let mut backing_off = false;
         let mut inputs_open = true;
+        let mut commands_open = true;
         self.reporter.set_state(State::Listening);
         loop {
             if active.is_none() && !backing_off {
@@ -92,6 +101,17 @@ impl Supervisor {
                         }
                     }
                     None => inputs_open = false,
+                },
+                cmd = self.commands.recv(), if commands_open => match cmd {
+                    Some(Command::Stop) => {
+                        if let Some(p) = pending.take() {
+                            p.queue.finish(EndReason::Stopped);
+                        }
+                        if let Some(a) = &active {
+                            a.queue.finish(EndReason::Stopped);
+                        }
+                    }
+                    None => commands_open = false,
                 },
                 done = async { active.as_mut().map(|a| &mut a.task).expect("guarded").await }, if active.is_some() => {
                     active = None;
@@ -165,7 +185,8 @@ mod tests {
         let (events, mut rx) = tokio::sync::broadcast::channel(256);
         let reporter = Reporter { events, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)) };
         let (tx, requests) = mpsc::channel(8);
-        let supervisor = Supervisor::new(Params::new(&config).unwrap(), reporter, requests);
+        let (_commands_tx, commands) = mpsc::channel(1);
+        let supervisor = Supervisor::new(Params::new(&config).unwrap(), reporter, requests, commands);
         let task = tokio::spawn(supervisor.run(CancellationToken::new()));
         let request = || SessionRequest {
             trigger: crate::session::Trigger::Manual,

@@ -149,6 +149,10 @@ enum Misbehave {
     Oversized,
     /// Behaves: reads everything, answers `final`.
     Plain,
+    /// Sends `{"type":"end"}` after 5 frames and goes on reading.
+    EndAfterFive,
+    /// Never answers our end: no final, no close.
+    NoFinal,
 }
 
 struct TestServer {
@@ -213,11 +217,18 @@ async fn test_server(how: Misbehave) -> TestServer {
                                 (Misbehave::Garbage, 5) => {
                                     let _ = ws.send(Message::Binary(Bytes::from_static(&[0xc1, 0x00, 0xff]))).await;
                                 }
+                                (Misbehave::EndAfterFive, 5) => {
+                                    let _ = ws.send(reply(serde_json::json!({"type": "end"}))).await;
+                                }
                                 (Misbehave::Oversized, 5) => {
                                     let _ = ws.send(Message::Binary(Bytes::from(vec![0u8; 2 << 20]))).await;
                                 }
                                 _ => {}
                             }
+                        }
+                        Ok(ClientMessage::End { .. }) if how == Misbehave::NoFinal => {
+                            // Keep reading until the client gives up and closes.
+                            end = msgpack_to_json(&b).ok();
                         }
                         Ok(ClientMessage::End { .. }) => {
                             end = msgpack_to_json(&b).ok();
@@ -500,4 +511,80 @@ async fn live_capture_sessions_are_bit_exact_and_sigterm_ends_one_with_shutdown(
     assert_eq!(end["frames_sent"].as_u64(), Some(seqs.len() as u64));
     assert!(child.0.wait().unwrap().success());
     assert_eq!(plain.authorization.lock().unwrap().as_deref(), Some("Bearer s3cret-token"));
+}
+
+/// Runs the daemon at real time without pre-roll until its first session ends; `on_start` is called when it
+/// starts. Returns the summary and the server's view of the session.
+async fn first_live_session(
+    server: &mut TestServer,
+    tune: impl FnOnce(&mut Config),
+    on_start: impl FnOnce(&tokio::sync::mpsc::Sender<voxgate::session::supervisor::Command>),
+) -> (SessionSummary, (Vec<u64>, Option<serde_json::Value>)) {
+    let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), &server.url);
+    config.audio.file_pacing = FilePacing::Realtime;
+    config.session.preroll_ms = 0;
+    tune(&mut config);
+    let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
+    let (commands_tx, commands) = tokio::sync::mpsc::channel(4);
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(voxgate::daemon::run_with(config, stop.clone(), tx, commands));
+    let mut on_start = Some(on_start);
+    let end = loop {
+        match rx.recv().await.unwrap() {
+            Event::SessionStart { .. } => {
+                if let Some(f) = on_start.take() {
+                    f(&commands_tx);
+                }
+            }
+            Event::SessionEnd(s) => break s,
+            _ => {}
+        }
+    };
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    let seen = server.seqs.recv().await.unwrap();
+    (end, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_can_end_a_session_and_so_can_stop() {
+    let mut server = test_server(Misbehave::EndAfterFive).await;
+    let (end, (_, msg)) = first_live_session(&mut server, |_| {}, |_| {}).await;
+    assert_eq!(end.reason, EndReason::Server, "{end:?}");
+    assert_eq!(msg.unwrap()["reason"], "server");
+
+    let mut server = test_server(Misbehave::Plain).await;
+    let (end, (_, msg)) = first_live_session(&mut server, |c| c.session.end_silence_ms = 10000, |commands| {
+        commands.try_send(voxgate::session::supervisor::Command::Stop).unwrap();
+    })
+    .await;
+    assert_eq!(end.reason, EndReason::Stopped, "{end:?}");
+    assert_eq!(msg.unwrap()["reason"], "stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_drain_deadlines() {
+    // A listener that never answers the WebSocket handshake: the kernel accepts the TCP connection, nobody reads.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), &format!("ws://{}/", mute.local_addr().unwrap()));
+    config.session.connect_timeout_ms = 300;
+    let (_, events) = run(config).await;
+    let failed = ends(&events);
+    assert_eq!(failed.len(), 2);
+    let detail = failed[0].detail.as_deref().unwrap_or_default();
+    assert!(detail.contains("no answer") && detail.contains("300 ms"), "{detail}");
+
+    // A server that never answers our end: the session closes once drain_timeout_ms has passed.
+    let mut server = test_server(Misbehave::NoFinal).await;
+    let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), &server.url);
+    config.session.drain_timeout_ms = 300;
+    let (_, events) = run(config).await;
+    let done = ends(&events);
+    assert_eq!(done.len(), 2);
+    for s in &done {
+        assert_eq!(s.reason, EndReason::Silence, "{s:?}");
+        assert!(s.duration_ms >= 300, "closed after {} ms, before the drain deadline", s.duration_ms);
+        let (_, end) = server.seqs.recv().await.unwrap();
+        assert_eq!(end.unwrap()["reason"], "silence", "our end was sent before the wait");
+    }
 }
