@@ -599,7 +599,9 @@ mod tests {
 
     #[test]
     fn bad_values_name_key_and_origin() {
-        let cases: &[(&str, &[(&str, &str)], &str, &str)] = &[
+        // (file text, environment, key named, origin named)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             ("[audio]\nsample_rate = \"fast\"\n", &[], "audio.sample_rate", "configuration file"),
             ("[audio]\nfile_pacing = \"slow\"\n", &[], "audio.file_pacing", "configuration file"),
             ("", &[("VOXGATE_AUDIO__SAMPLE_RATE", "abc")], "audio.sample_rate", "environment variable"),

@@ -74,7 +74,7 @@ pub async fn run_with(
         WakeMode::Wakeword => Some(Detector::new(&config.wake, spec, config.session.preroll_ms)?),
         WakeMode::Always | WakeMode::Manual => None,
     };
-    let source = audio::start(&config.audio, SystemClock::new())?;
+    let source = audio::start(&config.audio, SystemClock::shared())?;
     tracing::info!(source = %source.name, "voxgate {} started, listening to {}", env!("CARGO_PKG_VERSION"), source.name);
     let reporter = Reporter { events: events.clone(), state: Arc::new(watch::Sender::new(State::Listening)) };
     let (requests_tx, requests) = mpsc::channel(REQUESTS_QUEUE);

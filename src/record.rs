@@ -27,7 +27,7 @@ pub fn record(audio: &AudioConfig, out: &Path, max_ms: Option<u64>) -> anyhow::R
         sample_format: hound::SampleFormat::Int,
     };
     let mut writer = hound::WavWriter::create(out, spec).with_context(|| format!("cannot create {}", out.display()))?;
-    let source: AudioSource = audio::start(audio, SystemClock::new())?;
+    let source: AudioSource = audio::start(audio, SystemClock::shared())?;
     let limit = max_ms.map(|ms| ms / audio.frame_ms as u64);
     let mut frames = 0u64;
     for frame in source.frames.iter() {

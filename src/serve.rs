@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::session::client::ws_config;
 use crate::session::protocol::{ClientMessage, msgpack_to_json};
+use crate::session::segment::{VAD_CHUNK_MS, Vad};
 
 /// Frames between two `partial` replies: half a second at 20 ms.
 const PARTIAL_EVERY: u64 = 25;
@@ -81,8 +82,7 @@ async fn session(tcp: TcpStream, dir: Option<&Path>) -> anyhow::Result<Record> {
     let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config())).await?;
     let mut record = Record::default();
     let mut wav: Option<hound::WavWriter<std::io::BufWriter<std::fs::File>>> = None;
-    let mut vad = earshot::Detector::default_boxed();
-    let mut chunk: Vec<i16> = Vec::with_capacity(256);
+    let mut vad = Vad::default();
     let mut speech_chunks = 0u64;
     let mut frame_ms = 20u64;
     let mut next_seq = 0u64;
@@ -110,19 +110,15 @@ async fn session(tcp: TcpStream, dir: Option<&Path>) -> anyhow::Result<Record> {
                 }
                 next_seq = seq + 1;
                 record.frames += 1;
-                for b in pcm.chunks_exact(2) {
-                    let s = i16::from_le_bytes([b[0], b[1]]);
-                    if let Some(w) = wav.as_mut() {
-                        w.write_sample(s)?;
-                    }
-                    chunk.push(s);
-                    if chunk.len() == 256 {
-                        speech_chunks += (vad.predict_i16(&chunk) > 0.5) as u64;
-                        chunk.clear();
+                let samples: Vec<i16> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+                if let Some(w) = wav.as_mut() {
+                    for s in &samples {
+                        w.write_sample(*s)?;
                     }
                 }
+                speech_chunks += vad.push(&samples).1 as u64;
                 record.audio_ms = record.frames * frame_ms;
-                record.speech_ms = speech_chunks * 16;
+                record.speech_ms = speech_chunks * VAD_CHUNK_MS;
                 if record.frames % PARTIAL_EVERY == 0 {
                     ws.send(reply(serde_json::json!({"type": "partial", "text": format!("({} ms of audio)", record.audio_ms), "audio_ms": record.audio_ms}))).await?;
                 }

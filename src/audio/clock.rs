@@ -87,7 +87,7 @@ pub struct SystemClock {
 }
 
 impl SystemClock {
-    pub fn new() -> Arc<dyn Clock> {
+    pub fn shared() -> Arc<dyn Clock> {
         Arc::new(SystemClock { origin: Instant::now() })
     }
 }
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn stop_interrupts_system_clock_wait() {
-        let clock = SystemClock::new();
+        let clock = SystemClock::shared();
         let stop = Stop::new().unwrap();
         let s = stop.clone();
         let t = std::thread::spawn(move || clock.sleep_until(Duration::from_secs(3600), &s));

@@ -21,9 +21,39 @@ const AFTER_WAKE_MS: u64 = 600;
 /// Without the VAD (rates other than 16 kHz), frames above this level count as speech.
 const ENERGY_SPEECH_DB: f32 = -45.0;
 
-pub struct Segmenter {
-    vad: Option<Box<earshot::Detector>>,
+/// earshot's voice activity detector, fed frames of any length at 16 kHz.
+pub struct Vad {
+    det: Box<earshot::Detector>,
     chunk: Vec<i16>,
+}
+
+impl Default for Vad {
+    fn default() -> Self {
+        Vad { det: earshot::Detector::default_boxed(), chunk: Vec::with_capacity(VAD_SAMPLES) }
+    }
+}
+
+impl Vad {
+    /// How many 16 ms chunks completed with `pcm`, and how many of them were speech.
+    pub fn push(&mut self, pcm: &[i16]) -> (u32, u32) {
+        let (mut chunks, mut speech) = (0, 0);
+        for &s in pcm {
+            self.chunk.push(s);
+            if self.chunk.len() == VAD_SAMPLES {
+                chunks += 1;
+                speech += (self.det.predict_i16(&self.chunk) > VAD_THRESHOLD) as u32;
+                self.chunk.clear();
+            }
+        }
+        (chunks, speech)
+    }
+}
+
+/// Milliseconds in one VAD chunk.
+pub const VAD_CHUNK_MS: u64 = 16;
+
+pub struct Segmenter {
+    vad: Option<Vad>,
     frame_ms: u64,
     end_silence: u64,
     no_speech: u64,
@@ -39,8 +69,7 @@ impl Segmenter {
     pub fn new(cfg: &SessionConfig, sample_rate: u32, frame_ms: u32) -> Self {
         let frame_ms = frame_ms as u64;
         Segmenter {
-            vad: (sample_rate == 16000).then(earshot::Detector::default_boxed),
-            chunk: Vec::with_capacity(VAD_SAMPLES),
+            vad: (sample_rate == 16000).then(Vad::default),
             frame_ms,
             end_silence: cfg.end_silence_ms.div_ceil(frame_ms),
             no_speech: cfg.no_speech_ms.div_ceil(frame_ms),
@@ -65,16 +94,10 @@ impl Segmenter {
     }
 
     fn is_speech(&mut self, pcm: &[i16]) -> bool {
-        let Some(vad) = self.vad.as_mut() else { return level_dbfs(pcm) > ENERGY_SPEECH_DB };
-        let mut speech = false;
-        for &s in pcm {
-            self.chunk.push(s);
-            if self.chunk.len() == VAD_SAMPLES {
-                speech |= vad.predict_i16(&self.chunk) > VAD_THRESHOLD;
-                self.chunk.clear();
-            }
+        match self.vad.as_mut() {
+            Some(vad) => vad.push(pcm).1 > 0,
+            None => level_dbfs(pcm) > ENERGY_SPEECH_DB,
         }
-        speech
     }
 
     fn track(&mut self, speech: bool) {

@@ -54,7 +54,7 @@ pub struct SampleReport {
 pub fn read_mono(path: &Path) -> Result<Vec<i16>, EnrollError> {
     let cfg = AudioConfig { source: format!("file:{}", path.display()), file_pacing: FilePacing::Fast, sample_rate: RATE, ..AudioConfig::default() };
     let err = |e: anyhow::Error| EnrollError::Read { path: path.into(), source: e };
-    let source = audio::start(&cfg, SystemClock::new()).map_err(|e| err(e.into()))?;
+    let source = audio::start(&cfg, SystemClock::shared()).map_err(|e| err(e.into()))?;
     let pcm: Vec<i16> = source.frames.iter().flat_map(|f| f.pcm).collect();
     source.join().map_err(|e| err(e.into()))?;
     Ok(pcm)
@@ -150,7 +150,7 @@ pub fn enroll(name: &str, samples: &[PathBuf], out: &Path) -> Result<Vec<SampleR
                 ms(cut.len())
             )));
         }
-        if peak >= 32767 {
+        if peak == i16::MAX {
             tracing::warn!(sample = %path.display(), "sample is clipped: record it a little quieter");
         }
         let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("sample{}", wavs.len()));

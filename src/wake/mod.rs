@@ -127,11 +127,44 @@ fn rustpotter_config(cfg: &WakeConfig, spec: FrameSpec) -> RustpotterConfig {
     rc
 }
 
-pub struct Detector {
-    rp: Rustpotter,
-    /// Bytes of one rustpotter frame (s16le), filled across our frames.
+/// Cuts our frames into rustpotter's (30 ms, s16le bytes) in a buffer allocated once.
+struct Rechunker {
     chunk: Vec<u8>,
     fill: usize,
+}
+
+impl Rechunker {
+    fn new(bytes: usize) -> Self {
+        Rechunker { chunk: vec![0; bytes], fill: 0 }
+    }
+
+    fn clear(&mut self) {
+        self.fill = 0;
+    }
+
+    /// Calls `rp.process_bytes` on each completed chunk; returns the last detection.
+    fn feed(&mut self, rp: &mut Rustpotter, pcm: &[i16], mut each: impl FnMut(&Rustpotter)) -> Option<rustpotter::RustpotterDetection> {
+        let mut found = None;
+        for s in pcm {
+            let b = s.to_le_bytes();
+            self.chunk[self.fill] = b[0];
+            self.chunk[self.fill + 1] = b[1];
+            self.fill += 2;
+            if self.fill == self.chunk.len() {
+                self.fill = 0;
+                if let Some(d) = rp.process_bytes(&self.chunk) {
+                    found = Some(d);
+                }
+                each(rp);
+            }
+        }
+        found
+    }
+}
+
+pub struct Detector {
+    rp: Rustpotter,
+    chunks: Rechunker,
     gate: Option<gate::Gate>,
     ring: Preroll,
     /// Scores a detection's audio against confusable phrases (built-in wake word only).
@@ -161,7 +194,7 @@ impl Detector {
                 .map_err(|reason| WakeError::Load { what: path.display().to_string(), reason })?;
         }
         let frame_ms = spec.frame_ms as u64;
-        let chunk = vec![0u8; rp.get_bytes_per_frame()];
+        let chunks = Rechunker::new(rp.get_bytes_per_frame());
         let lookback_frames = LOOKBACK_MS.div_ceil(frame_ms) as usize;
         let preroll_frames = (preroll_ms / frame_ms) as usize;
         let reject = if cfg.models.is_empty() && cfg.builtin_reject {
@@ -179,8 +212,7 @@ impl Detector {
         let verify_frames = VERIFY_MS.div_ceil(frame_ms) as usize;
         Ok(Detector {
             rp,
-            chunk,
-            fill: 0,
+            chunks,
             gate: cfg.gate.then(|| gate::Gate::new(cfg.gate_margin_db as f32, (GATE_HANGOVER_MS / frame_ms) as usize)),
             ring: Preroll::new(preroll_frames.max(lookback_frames).max(if reject.is_some() { verify_frames } else { 0 })),
             reject,
@@ -208,7 +240,7 @@ impl Detector {
             gate::Verdict::Opened => {
                 // Start afresh on the audio just before the onset, then this frame.
                 self.rp.reset();
-                self.fill = 0;
+                self.chunks.clear();
                 let back: Vec<Vec<i16>> = self.ring.last(self.lookback_frames).map(|f| f.pcm.clone()).collect();
                 for pcm in &back {
                     found = found.or(self.feed(pcm));
@@ -241,24 +273,16 @@ impl Detector {
     fn confusion_score(&mut self) -> Option<f32> {
         let r = self.reject.as_mut()?;
         r.reset();
-        let mut chunk = vec![0u8; r.get_bytes_per_frame()];
-        let mut fill = 0;
+        let mut chunks = Rechunker::new(r.get_bytes_per_frame());
         let mut best = 0.0f32;
         for frame in self.ring.last(self.verify_frames) {
-            for s in &frame.pcm {
-                let b = s.to_le_bytes();
-                chunk[fill] = b[0];
-                chunk[fill + 1] = b[1];
-                fill += 2;
-                if fill == chunk.len() {
-                    fill = 0;
-                    if let Some(d) = r.process_bytes(&chunk) {
-                        best = best.max(d.score);
-                    }
-                    if let Some(p) = r.get_partial_detection() {
-                        best = best.max(p.score);
-                    }
+            let note = |rp: &Rustpotter| {
+                if let Some(p) = rp.get_partial_detection() {
+                    best = best.max(p.score);
                 }
+            };
+            if let Some(d) = chunks.feed(r, &frame.pcm, note) {
+                best = best.max(d.score);
             }
         }
         Some(best)
@@ -267,20 +291,7 @@ impl Detector {
     /// Re-chunks into rustpotter frames.
     fn feed(&mut self, pcm: &[i16]) -> Option<rustpotter::RustpotterDetection> {
         self.stats.frames_scored += 1;
-        let mut found = None;
-        for s in pcm {
-            let b = s.to_le_bytes();
-            self.chunk[self.fill] = b[0];
-            self.chunk[self.fill + 1] = b[1];
-            self.fill += 2;
-            if self.fill == self.chunk.len() {
-                self.fill = 0;
-                if let Some(d) = self.rp.process_bytes(&self.chunk) {
-                    found = Some(d);
-                }
-            }
-        }
-        found
+        self.chunks.feed(&mut self.rp, pcm, |_| {})
     }
 
     /// Forgets the audio so far (after a session, the pre-roll must not reach back into it).

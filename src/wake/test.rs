@@ -16,7 +16,7 @@ pub fn scan(config: &Config, file: &Path, on_detection: &mut dyn FnMut(&Detectio
         ..config.audio.clone()
     };
     let mut detector = Detector::new(&config.wake, FrameSpec::from_config(&audio), config.session.preroll_ms)?;
-    let source = audio::start(&audio, SystemClock::new())?;
+    let source = audio::start(&audio, SystemClock::shared())?;
     for frame in source.frames.iter() {
         if let Some(d) = detector.push(frame) {
             on_detection(&d);

@@ -40,7 +40,7 @@ fn fast_pacing_waits_for_the_consumer_and_loses_nothing() {
     let path = dir.path().join("a.wav");
     let pcm = noise(320 * 300, 2);
     write_wav(&path, 16000, &pcm);
-    let source = audio::start(&file_config(&path, FilePacing::Fast), SystemClock::new()).unwrap();
+    let source = audio::start(&file_config(&path, FilePacing::Fast), SystemClock::shared()).unwrap();
     // Take nothing until the channel is full: the source must block, not drop.
     let first = source.frames.recv().unwrap();
     let cap = source.frames.capacity().unwrap();
@@ -93,7 +93,7 @@ fn follow_reads_a_file_while_it_is_written() {
     // the rest rather than decode half a sample.
     file.write_all(&bytes(&pcm[..320 * 10])).unwrap();
     let cfg = AudioConfig { file_follow: true, file_follow_idle_ms: 300, ..file_config(&path, FilePacing::Fast) };
-    let source = audio::start(&cfg, SystemClock::new()).unwrap();
+    let source = audio::start(&cfg, SystemClock::shared()).unwrap();
     let mut got = Vec::new();
     for _ in 0..10 {
         got.extend(source.frames.recv().unwrap().pcm);
@@ -120,7 +120,7 @@ fn truncated_wav_delivers_what_it_has_then_names_the_file() {
     write_wav(&path, 16000, &pcm);
     let full = std::fs::read(&path).unwrap();
     std::fs::write(&path, &full[..full.len() - 320 * 2 * 5]).unwrap();
-    let source = audio::start(&file_config(&path, FilePacing::Fast), SystemClock::new()).unwrap();
+    let source = audio::start(&file_config(&path, FilePacing::Fast), SystemClock::shared()).unwrap();
     let got: Vec<i16> = source.frames.iter().flat_map(|f| f.pcm).collect();
     assert!(got == pcm[..320 * 15], "the 15 frames present were delivered");
     let err = source.join().unwrap_err();
@@ -139,7 +139,7 @@ fn corrupt_or_unsupported_wav_is_refused_with_its_name() {
     let odd_path = dir.path().join("odd.wav");
     std::fs::write(&odd_path, &odd).unwrap();
     for path in [&garbage, &missing, &odd_path] {
-        let err = audio::start(&file_config(path, FilePacing::Fast), SystemClock::new()).err().expect("refused");
+        let err = audio::start(&file_config(path, FilePacing::Fast), SystemClock::shared()).err().expect("refused");
         assert!(err.to_string().contains(path.to_str().unwrap()), "{err}");
     }
 }
@@ -156,7 +156,7 @@ fn stereo_float_44k_file_is_converted() {
         w.write_sample(v).unwrap();
     }
     w.finalize().unwrap();
-    let source = audio::start(&file_config(&path, FilePacing::Fast), SystemClock::new()).unwrap();
+    let source = audio::start(&file_config(&path, FilePacing::Fast), SystemClock::shared()).unwrap();
     let got: Vec<i16> = source.frames.iter().flat_map(|f| f.pcm).collect();
     source.join().unwrap();
     assert_eq!(got.len(), 16000, "1 s at 16 kHz");

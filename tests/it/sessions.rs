@@ -184,6 +184,7 @@ async fn test_server(how: Misbehave) -> TestServer {
         while let Ok((tcp, _)) = listener.accept().await {
             let (r, n, tx, st, auth) = (r.clone(), n.clone(), tx.clone(), st.clone(), auth.clone());
             tokio::spawn(async move {
+                #[allow(clippy::result_large_err)] // the signature tungstenite's accept_hdr_async asks for
                 let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
                     *auth.lock().unwrap() = req.headers().get("authorization").map(|v| v.to_str().unwrap_or_default().to_string());
                     Ok(resp)
@@ -321,11 +322,9 @@ async fn a_misbehaving_server_ends_the_session_with_a_clear_reason() {
         };
         stop.cancel();
         daemon.await.unwrap().unwrap();
-        for e in [&end] {
-            assert_eq!(e.reason, EndReason::Error, "{e:?}");
-            let detail = e.detail.as_deref().unwrap_or_default();
-            assert!(detail.contains(expect), "{expect:?} not in {detail:?}");
-        }
+        assert_eq!(end.reason, EndReason::Error, "{end:?}");
+        let detail = end.detail.as_deref().unwrap_or_default();
+        assert!(detail.contains(expect), "{expect:?} not in {detail:?}");
     }
 }
 
@@ -461,7 +460,7 @@ async fn live_capture_sessions_are_bit_exact_and_sigterm_ends_one_with_shutdown(
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret-token\n").unwrap();
-    let mut child = ChildGuard(
+    let child = ChildGuard(
         voxgate()
             .arg("run")
             .env("ALSA_CONFIG_PATH", mic.alsa_config())

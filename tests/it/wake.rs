@@ -86,7 +86,7 @@ fn preroll_starts_before_the_detection_and_holds_the_wake_word_start() {
     let (file, labels) = builtin_streams().into_iter().next().unwrap();
     let audio = AudioConfig { source: format!("file:{}", fixtures().join(&file).display()), file_pacing: FilePacing::Fast, ..AudioConfig::default() };
     let mut det = Detector::new(&config.wake, FrameSpec::from_config(&audio), config.session.preroll_ms).unwrap();
-    let source = audio::start(&audio, SystemClock::new()).unwrap();
+    let source = audio::start(&audio, SystemClock::shared()).unwrap();
     let mut found = Vec::new();
     for frame in source.frames.iter() {
         found.extend(det.push(frame));
