@@ -22,33 +22,40 @@ use voxgate::session::{EndReason, Event, SessionQueue, SessionRequest, State, Tr
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A server that notes when each message arrives (or, with `keep` false, only reads them).
+/// A server that notes when each message arrives (or, with `keep` false, only reads them). It runs on a
+/// thread of its own with its own single-threaded runtime, as a server process would: it does not share the
+/// client's workers.
 async fn timing_server(keep: bool) -> (String, Arc<Mutex<Vec<(Instant, ClientMessage)>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let url = format!("ws://{}/", std_listener.local_addr().unwrap());
     let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let l = l.clone();
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
-                while let Some(Ok(Message::Binary(b))) = ws.next().await {
-                    let at = Instant::now();
-                    if let Ok(m) = ClientMessage::decode(&b) {
-                        let end = matches!(m, ClientMessage::End { .. });
-                        if keep {
-                            l.lock().unwrap().push((at, m));
-                        }
-                        if end {
-                            let _ = ws.close(None).await;
-                            break;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(std_listener).unwrap();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                    while let Some(Ok(Message::Binary(b))) = ws.next().await {
+                        let at = Instant::now();
+                        if let Ok(m) = ClientMessage::decode(&b) {
+                            let end = matches!(m, ClientMessage::End { .. });
+                            if keep {
+                                l.lock().unwrap().push((at, m));
+                            }
+                            if end {
+                                let _ = ws.close(None).await;
+                                break;
+                            }
                         }
                     }
-                }
-            });
-        }
+                });
+            }
+        });
     });
     (url, log)
 }
