@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audio::{self, AudioError, Frame, FrameSpec, SystemClock};
 use crate::config::{Config, FilePacing, SourceSpec, WakeMode};
 use crate::session::client::{ConnectError, Params, Reporter};
-use crate::session::segment::Segmenter;
+use crate::session::segment::{Onset, Segmenter};
 use crate::session::supervisor::{Command, Supervisor, Totals};
 use crate::session::{self, EndReason, Event, SessionQueue, SessionRequest, State, Trigger};
 use crate::wake::{Detector, DetectorStats, Preroll, WakeError};
@@ -129,8 +129,8 @@ struct AudioSide {
     requests: mpsc::Sender<SessionRequest>,
     reporter: Reporter,
     tap: Option<Tap>,
-    /// `always` mode: consecutive speech frames while idle.
-    onset: Segmenter,
+    /// `always` mode: watches for speech while no session is open.
+    onset: Onset,
 }
 
 impl AudioSide {
@@ -151,7 +151,7 @@ impl AudioSide {
             requests,
             reporter,
             tap: None,
-            onset: Segmenter::new(&config.session, spec.sample_rate, spec.frame_ms),
+            onset: Onset::new(spec.sample_rate),
         }
     }
 
@@ -176,10 +176,10 @@ impl AudioSide {
                 }
                 None => {
                     let t_ms = (seq + 1) * self.spec.frame_ms as u64;
-                    let speech = self.tap.is_none() && self.mode == WakeMode::Always && self.onset.push(&frame.pcm).is_none() && self.onset.speech_heard();
+                    let speech = self.tap.is_none() && self.mode == WakeMode::Always && self.onset.push(&frame.pcm);
                     self.ring.push(frame);
                     if speech {
-                        self.onset = Segmenter::new(&self.session_cfg, self.spec.sample_rate, self.spec.frame_ms);
+                        self.onset = Onset::new(self.spec.sample_rate);
                         let preroll: Vec<Frame> = self.ring.last(self.preroll_frames).cloned().collect();
                         self.open(Trigger::Always, None, t_ms, &preroll, seq + 1);
                     }

@@ -52,8 +52,48 @@ impl Vad {
 /// Milliseconds in one VAD chunk.
 pub const VAD_CHUNK_MS: u64 = 16;
 
-pub struct Segmenter {
+/// Says whether a frame is speech: the VAD at 16 kHz, a level threshold at other rates.
+pub struct SpeechTest {
     vad: Option<Vad>,
+}
+
+impl SpeechTest {
+    pub fn new(sample_rate: u32) -> Self {
+        SpeechTest { vad: (sample_rate == 16000).then(Vad::default) }
+    }
+
+    pub fn is_speech(&mut self, pcm: &[i16]) -> bool {
+        match self.vad.as_mut() {
+            Some(vad) => vad.push(pcm).1 > 0,
+            None => level_dbfs(pcm) > ENERGY_SPEECH_DB,
+        }
+    }
+}
+
+/// `wake.mode = "always"`: speech starting, with no timers (it waits as long as it takes).
+pub struct Onset {
+    test: SpeechTest,
+    run: u32,
+}
+
+impl Onset {
+    pub fn new(sample_rate: u32) -> Self {
+        Onset { test: SpeechTest::new(sample_rate), run: 0 }
+    }
+
+    /// True on the frame that completes `SPEECH_FRAMES` consecutive speech frames.
+    pub fn push(&mut self, pcm: &[i16]) -> bool {
+        if self.test.is_speech(pcm) {
+            self.run += 1;
+        } else {
+            self.run = 0;
+        }
+        self.run == SPEECH_FRAMES
+    }
+}
+
+pub struct Segmenter {
+    speech: SpeechTest,
     frame_ms: u64,
     end_silence: u64,
     no_speech: u64,
@@ -69,7 +109,7 @@ impl Segmenter {
     pub fn new(cfg: &SessionConfig, sample_rate: u32, frame_ms: u32) -> Self {
         let frame_ms = frame_ms as u64;
         Segmenter {
-            vad: (sample_rate == 16000).then(Vad::default),
+            speech: SpeechTest::new(sample_rate),
             frame_ms,
             end_silence: cfg.end_silence_ms.div_ceil(frame_ms),
             no_speech: cfg.no_speech_ms.div_ceil(frame_ms),
@@ -86,17 +126,10 @@ impl Segmenter {
         let n = preroll.len() as u64;
         let recent_from = n.saturating_sub(AFTER_WAKE_MS / self.frame_ms);
         for (i, pcm) in preroll.enumerate() {
-            let speech = self.is_speech(pcm);
+            let speech = self.speech.is_speech(pcm);
             if i as u64 >= recent_from {
                 self.track(speech);
             }
-        }
-    }
-
-    fn is_speech(&mut self, pcm: &[i16]) -> bool {
-        match self.vad.as_mut() {
-            Some(vad) => vad.push(pcm).1 > 0,
-            None => level_dbfs(pcm) > ENERGY_SPEECH_DB,
         }
     }
 
@@ -116,7 +149,7 @@ impl Segmenter {
     /// Takes the next frame after the detection; returns why the session ends with it, if it does.
     pub fn push(&mut self, pcm: &[i16]) -> Option<EndReason> {
         self.frames += 1;
-        let speech = self.is_speech(pcm);
+        let speech = self.speech.is_speech(pcm);
         self.track(speech);
         if self.heard && self.silent_frames >= self.end_silence {
             Some(EndReason::Silence)
@@ -164,6 +197,16 @@ mod tests {
         // Talking on and on: max_duration at 3000 ms.
         let mut s = Segmenter::new(&cfg(), 8000, 20);
         assert_eq!(run(&mut s, &loud(), 1000), Some((150, EndReason::MaxDuration)));
+    }
+
+    #[test]
+    fn onset_waits_as_long_as_it_takes() {
+        let mut o = Onset::new(8000);
+        let quiet = vec![0i16; 160];
+        assert!((0..10_000).all(|_| !o.push(&quiet)), "silence never starts a session");
+        assert!(!o.push(&loud()) && !o.push(&loud()));
+        assert!(o.push(&loud()), "the third speech frame in a row does");
+        assert!(!o.push(&loud()), "once");
     }
 
     #[test]

@@ -587,3 +587,24 @@ async fn connect_and_drain_deadlines() {
         assert_eq!(end.unwrap()["reason"], "silence", "our end was sent before the wait");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_mode_opens_a_session_when_speech_starts_however_late() {
+    let server = reference_server().await;
+    let (_, speech) = read_wav(&fixtures().join("stream-en-us_m1.wav"));
+    // Six seconds of silence first: longer than no_speech_ms, which must not matter while nobody talks.
+    let mut pcm = vec![0i16; 16000 * 6];
+    pcm.extend_from_slice(&speech[..16000 * 5]);
+    pcm.extend(std::iter::repeat_n(0i16, 16000 * 2));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("late.wav");
+    write_wav(&path, 16000, &pcm);
+    let mut config = file_config(&path, &server.url);
+    config.wake.mode = voxgate::config::WakeMode::Always;
+    let (summary, events) = run(config).await;
+    server.stop.cancel();
+    assert!(summary.sessions.sessions >= 1, "{events:?}");
+    let first = events.iter().find_map(|e| if let Event::SessionStart { t_ms, trigger, .. } = e { Some((*t_ms, *trigger)) } else { None }).unwrap();
+    assert_eq!(first.1, voxgate::session::Trigger::Always);
+    assert!(first.0 > 6000 && first.0 < 8000, "the session starts with the speech, at {} ms", first.0);
+}
