@@ -57,9 +57,15 @@ pub fn run(file: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<Outcome> 
         let started = Instant::now();
         let summary = crate::daemon::run_with_events(config, CancellationToken::new(), events_tx).await?;
         let mut events = Vec::new();
-        while let Ok(e) = events_rx.try_recv() {
-            print_event(out, &e)?;
-            events.push(e);
+        loop {
+            match events_rx.try_recv() {
+                Ok(e) => {
+                    print_event(out, &e)?;
+                    events.push(e);
+                }
+                Err(broadcast::error::TryRecvError::Lagged(n)) => writeln!(out, "           ({n} events not shown)")?,
+                Err(_) => break,
+            }
         }
         stop_server.cancel();
         let _ = server.await;

@@ -30,7 +30,6 @@ pub struct SessionQueue {
 struct State {
     frames: VecDeque<Frame>,
     end: Option<EndReason>,
-    pushed: u64,
     dropped: u64,
     /// Frames that never reached the queue (the source dropped them): gaps in `seq`.
     missed: u64,
@@ -84,7 +83,6 @@ impl SessionQueue {
         s.missed += frame.seq.saturating_sub(s.next_seq);
         s.next_seq = s.next_seq.max(frame.seq + 1);
         s.frames.push_back(frame);
-        s.pushed += 1;
         drop(s);
         self.ready.notify_one();
         true
@@ -147,11 +145,6 @@ impl SessionQueue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Frames ever queued (dropped ones included).
-    pub fn pushed(&self) -> u64 {
-        self.lock().pushed
     }
 }
 
