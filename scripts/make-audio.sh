@@ -60,6 +60,15 @@ ms() {
     soxi -s "$1" | awk -v r=$RATE '{ printf "%d", $1 * 1000 / r }'
 }
 
+# add FILE [KIND TEXT]: append a part to the stream being built ($name, $dir, $parts, $t), labelling it in
+# labels.tsv when it has a kind.
+add() {
+    local len
+    len=$(ms "$1")
+    if [ $# -gt 1 ]; then printf '%s.wav\t%s\t%s\t%d\t%d\n' "$name" "$2" "$3" $t $((t + len)) >> $dir/labels.tsv; fi
+    parts+=("$1"); t=$((t + len))
+}
+
 # Voices used to train the built-in wake word: voice, words per minute, pitch.
 TRAIN=(
     "en-us+m3 150 50" "en-us+f2 150 60" "en-gb+m2 140 45" "en-029+m1 160 50"
@@ -72,26 +81,24 @@ TEST=(
 )
 DECOYS=("hey travis" "harvey, pass me the jar" "jarvis cocker sang common people" "hey siri" "hey there")
 
+# clips "PHRASE" DIR: the phrase in every training voice, at its speed and 30 words per minute faster.
+clips() {
+    local i=0 name=${1// /_}
+    mkdir -p "$2"
+    rm -f "$2"/*.wav
+    for v in "${TRAIN[@]}"; do
+        set -- $v "$@"
+        i=$((i + 1))
+        say "$1" "$2" "$3" "$4" "$5/$name-$i-${1//+/_}.wav"
+        say "$1" $(($2 + 30)) "$3" "$4" "$5/$name-$i-${1//+/_}-fast.wav"
+        shift 3
+    done
+}
+
 make_training() {
-    mkdir -p assets/wake/train
-    rm -f assets/wake/train/*.wav
-    mkdir -p assets/wake/reject
-    rm -f assets/wake/train/*.wav assets/wake/reject/*.wav
-    local i=0
-    for v in "${TRAIN[@]}"; do
-        set -- $v
-        i=$((i + 1))
-        say "$1" "$2" "$3" "hey jarvis" "assets/wake/train/hey_jarvis-$i-${1//+/_}.wav"
-        say "$1" $(($2 + 30)) "$3" "hey jarvis" "assets/wake/train/hey_jarvis-$i-${1//+/_}-fast.wav"
-    done
-    # Confusable phrases, by the training voices: detections that match these better are rejected.
-    i=0
-    for v in "${TRAIN[@]}"; do
-        set -- $v
-        i=$((i + 1))
-        say "$1" "$2" "$3" "hey travis" "assets/wake/reject/hey_travis-$i-${1//+/_}.wav"
-        say "$1" $(($2 + 30)) "$3" "hey travis" "assets/wake/reject/hey_travis-$i-${1//+/_}-fast.wav"
-    done
+    clips "hey jarvis" assets/wake/train
+    # The confusable phrase, by the same voices: detections that match it better are rejected.
+    clips "hey travis" assets/wake/reject
     for f in assets/hey_jarvis.rpw assets/hey_jarvis_reject.rpw; do
         [ -s $f ] || : > $f   # the binary embeds them; any content builds
     done
@@ -111,12 +118,6 @@ make_fixtures() {
         set -- $v
         local voice=$1 speed=$2 pitch=$3 name="stream-${1//+/_}"
         local parts=() t=0 k=0
-        add() { # FILE [KIND TEXT]: append a part, labelling it when it has a kind
-            local len
-            len=$(ms "$1")
-            if [ $# -gt 1 ]; then printf '%s.wav\t%s\t%s\t%d\t%d\n' "$name" "$2" "$3" $t $((t + len)) >> $dir/labels.tsv; fi
-            parts+=("$1"); t=$((t + len))
-        }
         gap 0.7 "$work/g0.wav"; add "$work/g0.wav"
         say $voice $speed $pitch "hey jarvis" "$work/w1.wav"; add "$work/w1.wav" wake "hey jarvis"
         gap 0.3 "$work/g1.wav"; add "$work/g1.wav"
@@ -149,12 +150,6 @@ make_second_word() {
     done
     cargo run --locked --quiet -- enroll --name ok_computer --out $dir/ok_computer.rpw "$work"/oc/*.wav
     local name=two-words parts=() t=0
-    add() {
-        local len
-        len=$(ms "$1")
-        if [ $# -gt 1 ]; then printf '%s.wav\t%s\t%s\t%d\t%d\n' "$name" "$2" "$3" $t $((t + len)) >> $dir/labels.tsv; fi
-        parts+=("$1"); t=$((t + len))
-    }
     gap 0.7 "$work/t0.wav"; add "$work/t0.wav"
     say en-us+m1 145 50 "hey jarvis" "$work/t1.wav"; add "$work/t1.wav" wake "hey jarvis"
     gap 2.0 "$work/t2.wav"; add "$work/t2.wav"

@@ -48,13 +48,9 @@ fn run(path: Option<&std::path::Path>) -> ExitCode {
         Err(e) => return fail(exit::CONFIG, e),
     };
     let _log = voxgate::logging::init(&loaded.config.log);
-    let shutdown = CancellationToken::new();
-    if let Err(e) = watch_signals(shutdown.clone()) {
-        return fail(exit::FAILURE, format!("cannot install signal handlers: {e}"));
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let (runtime, shutdown) = match runtime_with_signals() {
         Ok(r) => r,
-        Err(e) => return fail(exit::FAILURE, format!("cannot start the async runtime: {e}")),
+        Err(code) => return code,
     };
     match runtime.block_on(voxgate::daemon::run(loaded.config, shutdown)) {
         Ok(_) => ExitCode::SUCCESS,
@@ -63,6 +59,18 @@ fn run(path: Option<&std::path::Path>) -> ExitCode {
             fail(exit::FAILURE, e)
         }
     }
+}
+
+/// The async runtime of the long-running commands, and the token the first SIGTERM/SIGINT cancels.
+fn runtime_with_signals() -> Result<(tokio::runtime::Runtime, CancellationToken), ExitCode> {
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone()).map_err(|e| fail(exit::FAILURE, format!("cannot install signal handlers: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(exit::FAILURE, format!("cannot start the async runtime: {e}")))?;
+    Ok((runtime, shutdown))
 }
 
 /// The first SIGTERM/SIGINT asks for a clean shutdown; a second one exits at once.
@@ -159,13 +167,9 @@ fn serve(listen: &str, record_dir: Option<std::path::PathBuf>) -> ExitCode {
             return fail(exit::FAILURE, format!("cannot create {}: {e}", d.display()));
         }
     }
-    let shutdown = CancellationToken::new();
-    if let Err(e) = watch_signals(shutdown.clone()) {
-        return fail(exit::FAILURE, format!("cannot install signal handlers: {e}"));
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let (runtime, shutdown) = match runtime_with_signals() {
         Ok(r) => r,
-        Err(e) => return fail(exit::FAILURE, format!("cannot start the async runtime: {e}")),
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let listener = match tokio::net::TcpListener::bind(listen).await {
