@@ -336,7 +336,8 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
             let r = r.unwrap_or(ReaderEnd::Failed("reader task failed".into()));
             match &r {
                 ReaderEnd::Failed(e) => detail = Some(e.clone()),
-                ReaderEnd::Closed | ReaderEnd::Final => detail = Some("the server closed the connection mid-session".into()),
+                ReaderEnd::Closed => detail = Some("the server closed the connection mid-session".into()),
+                ReaderEnd::Final => detail = Some("the server sent its final reply before the session ended".into()),
             }
             queue.finish(EndReason::Error);
             reader_done = Some(r);
