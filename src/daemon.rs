@@ -19,7 +19,7 @@ use crate::config::{Config, FilePacing, SourceSpec, WakeMode};
 use crate::session::client::{ConnectError, Params, Reporter};
 use crate::session::segment::{Onset, Segmenter};
 use crate::session::supervisor::{Command, Supervisor, Totals};
-use crate::session::{self, EndReason, Event, SessionQueue, SessionRequest, State, Trigger};
+use crate::session::{EndReason, Event, SessionQueue, SessionRequest, State, Trigger};
 use crate::wake::{Detector, DetectorStats, Preroll, WakeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +212,15 @@ impl AudioSide {
         // Room for the pre-roll and `queue_ms` more: the pre-roll is queued at once, before the connection is up,
         // and must not be pushed out by the frames that arrive while it connects.
         let queue = Arc::new(SessionQueue::new(self.queue_frames + preroll.len(), self.lossless, first_seq));
-        let req = session::request(trigger, wake, t_ms, preroll, next_seq, self.spec.frame_ms, queue.clone());
+        let req = SessionRequest {
+            trigger,
+            wakeword: wake.map(|(w, _)| w.to_string()),
+            score: wake.map(|(_, s)| s),
+            t_ms,
+            first_seq,
+            preroll_ms: preroll.len() as u64 * self.spec.frame_ms as u64,
+            queue: queue.clone(),
+        };
         if self.requests.try_send(req).is_err() {
             tracing::warn!("session not started: the supervisor is not keeping up");
             return;

@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 
 pub use queue::SessionQueue;
 
-use crate::audio::Frame;
 
 /// Why a session ended; the first four to last-but-one are sent in the `end` message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,28 +128,5 @@ impl State {
             State::Draining => "draining",
             State::Backoff => "backoff",
         }
-    }
-}
-
-/// Builds a session request from a detector's pre-roll; `next_seq` is the sequence number of the frame after
-/// the detection (the first of the session when there is no pre-roll).
-pub fn request(
-    trigger: Trigger,
-    wake: Option<(&str, f32)>,
-    t_ms: u64,
-    preroll: &[Frame],
-    next_seq: u64,
-    frame_ms: u32,
-    queue: Arc<SessionQueue>,
-) -> SessionRequest {
-    let first_seq = preroll.first().map(|f| f.seq).unwrap_or(next_seq);
-    SessionRequest {
-        trigger,
-        wakeword: wake.map(|(w, _)| w.to_string()),
-        score: wake.map(|(_, s)| s),
-        t_ms,
-        first_seq,
-        preroll_ms: preroll.len() as u64 * frame_ms as u64,
-        queue,
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use rustpotter::{Rustpotter, RustpotterConfig, SampleFormat, WakewordRef, WakewordRefBuildFromBuffers, WakewordSave};
+use rustpotter::{RustpotterConfig, SampleFormat, WakewordRef, WakewordRefBuildFromBuffers, WakewordSave};
 
 use crate::audio::{self, SystemClock};
 use crate::config::{AudioConfig, FilePacing};
@@ -96,11 +96,7 @@ fn build(name: &str, samples: &[(String, Vec<u8>)]) -> Result<WakewordRef, Enrol
 pub fn best_score(model: &[u8], pcm: &[i16]) -> Result<f32, EnrollError> {
     let mut rc = RustpotterConfig::default();
     rc.fmt.sample_format = SampleFormat::I16;
-    rc.detector.threshold = 0.01;
-    rc.detector.avg_threshold = 0.0;
-    rc.detector.min_scores = 1;
-    let mut rp = Rustpotter::new(&rc).map_err(EnrollError::Build)?;
-    rp.add_wakeword_from_buffer("w", model).map_err(EnrollError::Build)?;
+    let mut rp = super::scorer(rc, model).map_err(EnrollError::Build)?;
     // Quiet dither rather than digital silence around the phrase.
     let mut x = 12345u32;
     let mut dither = |n: usize| -> Vec<i16> {
@@ -114,16 +110,7 @@ pub fn best_score(model: &[u8], pcm: &[i16]) -> Result<f32, EnrollError> {
     let mut audio = dither(RATE as usize);
     audio.extend_from_slice(pcm);
     audio.extend(dither(RATE as usize * 2));
-    let mut best = 0.0f32;
-    for chunk in audio.chunks_exact(rp.get_samples_per_frame()) {
-        if let Some(d) = rp.process_samples(chunk.to_vec()) {
-            best = best.max(d.score);
-        }
-        if let Some(p) = rp.get_partial_detection() {
-            best = best.max(p.score);
-        }
-    }
-    Ok(best)
+    Ok(super::best_score(&mut rp, [audio.as_slice()]))
 }
 
 /// Builds wake word `name` from `samples` and writes it to `out`.

@@ -99,6 +99,35 @@ pub struct DetectorStats {
     pub rejected: u64,
 }
 
+/// A rustpotter that reports every score `model` gives (threshold 0.01, no averaged-sample check, one frame is
+/// enough), for scoring a stretch of audio rather than watching a stream.
+pub(crate) fn scorer(mut rc: RustpotterConfig, model: &[u8]) -> Result<Rustpotter, String> {
+    rc.detector.threshold = 0.01;
+    rc.detector.avg_threshold = 0.0;
+    rc.detector.min_scores = 1;
+    let mut rp = Rustpotter::new(&rc)?;
+    rp.add_wakeword_from_buffer("model", model)?;
+    Ok(rp)
+}
+
+/// The best score a [`scorer`] gives `audio`, partial detections included, starting afresh.
+pub(crate) fn best_score<'a>(rp: &mut Rustpotter, audio: impl IntoIterator<Item = &'a [i16]>) -> f32 {
+    rp.reset();
+    let mut chunks = Rechunker::new(rp.get_bytes_per_frame());
+    let mut best = 0.0f32;
+    for pcm in audio {
+        let note = |rp: &Rustpotter| {
+            if let Some(p) = rp.get_partial_detection() {
+                best = best.max(p.score);
+            }
+        };
+        if let Some(d) = chunks.feed(rp, pcm, note) {
+            best = best.max(d.score);
+        }
+    }
+    best
+}
+
 /// rustpotter's configuration for `wake` at the rate of `spec`.
 fn rustpotter_config(cfg: &WakeConfig, spec: FrameSpec) -> RustpotterConfig {
     let mut rc = RustpotterConfig::default();
@@ -198,12 +227,7 @@ impl Detector {
         let lookback_frames = LOOKBACK_MS.div_ceil(frame_ms) as usize;
         let preroll_frames = (preroll_ms / frame_ms) as usize;
         let reject = if cfg.models.is_empty() && cfg.builtin_reject {
-            let mut verify = rustpotter_config(cfg, spec);
-            verify.detector.threshold = 0.01;
-            verify.detector.avg_threshold = 0.0;
-            verify.detector.min_scores = 1;
-            let mut r = Rustpotter::new(&verify).map_err(WakeError::Init)?;
-            r.add_wakeword_from_buffer("reject", HEY_JARVIS_REJECT)
+            let r = scorer(rustpotter_config(cfg, spec), HEY_JARVIS_REJECT)
                 .map_err(|reason| WakeError::Load { what: "built-in hey_jarvis rejection model".into(), reason })?;
             Some(r)
         } else {
@@ -272,20 +296,7 @@ impl Detector {
     /// The best score of the rejection model over the last `VERIFY_MS`, if there is one.
     fn confusion_score(&mut self) -> Option<f32> {
         let r = self.reject.as_mut()?;
-        r.reset();
-        let mut chunks = Rechunker::new(r.get_bytes_per_frame());
-        let mut best = 0.0f32;
-        for frame in self.ring.last(self.verify_frames) {
-            let note = |rp: &Rustpotter| {
-                if let Some(p) = rp.get_partial_detection() {
-                    best = best.max(p.score);
-                }
-            };
-            if let Some(d) = chunks.feed(r, &frame.pcm, note) {
-                best = best.max(d.score);
-            }
-        }
-        Some(best)
+        Some(best_score(r, self.ring.last(self.verify_frames).map(|f| f.pcm.as_slice())))
     }
 
     /// Re-chunks into rustpotter frames.
@@ -294,10 +305,6 @@ impl Detector {
         self.chunks.feed(&mut self.rp, pcm, |_| {})
     }
 
-    /// Forgets the audio so far (after a session, the pre-roll must not reach back into it).
-    pub fn clear_preroll(&mut self) {
-        self.ring.clear();
-    }
 }
 
 #[cfg(test)]
