@@ -66,7 +66,7 @@ fn reporter() -> Reporter {
 }
 
 fn request(queue: Arc<SessionQueue>) -> SessionRequest {
-    SessionRequest { trigger: Trigger::Manual, wakeword: None, score: None, t_ms: 0, first_seq: 0, preroll_ms: 0, queue }
+    SessionRequest { trigger: Trigger::Manual, wakeword: None, score: None, t_ms: 0, first_seq: 0, preroll_ms: 0, session: uuid::Uuid::new_v4().to_string(), queue }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -77,13 +77,14 @@ async fn frame_latency(frames: u64) {
     let (url, log) = timing_server(true).await;
     let mut config = Config::default();
     config.session.url = url;
+    config.control.socket = Default::default();
     config.session.drain_timeout_ms = 5000;
     let params = Params::new(&config).unwrap();
     let queue = Arc::new(SessionQueue::new(100, false, 0));
     let captured = Arc::new(Mutex::new(Vec::with_capacity(frames as usize)));
     let session = tokio::spawn({
         let (queue, reporter) = (queue.clone(), reporter());
-        async move { client::run(&params, request(queue), "bench".into(), &reporter).await }
+        async move { client::run(&params, request(queue), &reporter).await }
     });
     let (q, c) = (queue.clone(), captured.clone());
     std::thread::spawn(move || {
@@ -126,6 +127,7 @@ async fn detection_to_server() {
     config.audio.source = format!("file:{}", wav.display());
     config.audio.file_pacing = FilePacing::Realtime;
     config.session.url = url;
+    config.control.socket = Default::default();
     let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
     let wakes = tokio::spawn(async move {
         let mut at = Vec::new();
@@ -166,6 +168,7 @@ async fn many_sessions(n: usize) {
     let (url, _log) = timing_server(false).await;
     let mut config = Config::default();
     config.session.url = url;
+    config.control.socket = Default::default();
     let params = Params::new(&config).unwrap();
     let reporter = reporter();
     let run_one = |i: u64| {
@@ -175,7 +178,7 @@ async fn many_sessions(n: usize) {
         }
         queue.finish(EndReason::Silence);
         let (params, reporter) = (params.clone(), reporter.clone());
-        async move { client::run(&params, request(queue), format!("s{i}"), &reporter).await }
+        async move { client::run(&params, request(queue), &reporter).await }
     };
     // Warm up allocator pools and the runtime before the baseline.
     for i in 0..20 {

@@ -72,10 +72,60 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         record_dir: Option<PathBuf>,
     },
+    /// Show the running daemon's state and counters.
+    Status(ClientArgs),
+    /// Open a session now, as the wake word would.
+    Trigger(ClientArgs),
+    /// End the current session.
+    Stop(ClientArgs),
+    /// Ignore the microphone (end any session, detect nothing) until unmuted.
+    Mute(ClientArgs),
+    /// Listen again after a mute.
+    Unmute(ClientArgs),
+    /// Re-read the configuration file (as SIGHUP does); on error the daemon keeps its configuration.
+    Reload(ClientArgs),
+    /// Print the daemon's events as they happen (wake words, sessions, server replies) until interrupted.
+    Events(ClientArgs),
+    /// Write the man page and shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    Assets {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// The whole pipeline on a bundled recording against an in-process server, printing the timeline.
     Demo {
         /// A WAV file to use instead of the bundled recording.
         #[arg(long, value_name = "FILE.wav")]
         file: Option<PathBuf>,
     },
+}
+
+/// Options of the control client commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The daemon's control socket [default: control.socket of the configuration].
+    #[arg(long, short, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Configuration file to take control.socket from [default: /etc/voxgate/voxgate.toml if it exists].
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the daemon's replies (and events) as JSON lines, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Writes `voxgate.1` and completions for bash, zsh and fish into `dir` (the Debian package ships them).
+pub fn write_assets(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let mut man = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut man)?;
+    std::fs::write(dir.join("voxgate.1"), man)?;
+    for (shell, name) in [(clap_complete::Shell::Bash, "voxgate.bash"), (clap_complete::Shell::Zsh, "_voxgate"), (clap_complete::Shell::Fish, "voxgate.fish")] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut cmd.clone(), "voxgate", &mut out);
+        std::fs::write(dir.join(name), out)?;
+    }
+    Ok(())
 }

@@ -216,6 +216,7 @@ pub enum Protocol {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
+    /// Where the control socket is bound; empty: no control socket.
     pub socket: PathBuf,
     /// Octal permission bits of the socket file, as a string ("0660").
     pub socket_mode: String,
@@ -509,8 +510,10 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
         }
     }
     let sock = &c.control.socket;
-    if !sock.is_absolute() {
-        p.push(("control.socket", format!("{} must be an absolute path", sock.display())));
+    if sock.as_os_str().is_empty() {
+        // No control socket.
+    } else if !sock.is_absolute() {
+        p.push(("control.socket", format!("{} must be an absolute path (or \"\" for no control socket)", sock.display())));
     } else if sock.as_os_str().len() > 107 {
         p.push(("control.socket", format!("{} is longer than a Unix socket path may be (107 bytes)", sock.display())));
     }
@@ -523,6 +526,23 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
     }
     p.extend(out_of_range);
     p
+}
+
+/// The keys ("session.url") whose values differ between two configurations, in order.
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (serde_json::to_value(old), serde_json::to_value(new)) else {
+        return Vec::new();
+    };
+    let mut changed = Vec::new();
+    for (section, values) in &a {
+        let (Some(values), Some(other)) = (values.as_object(), b.get(section).and_then(|v| v.as_object())) else { continue };
+        for (key, value) in values {
+            if other.get(key) != Some(value) {
+                changed.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    changed
 }
 
 /// The effective configuration as TOML, for `check-config`.

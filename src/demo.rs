@@ -47,6 +47,7 @@ pub fn run(file: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<Outcome> 
         config.audio.source = format!("file:{}", wav.display());
         config.audio.file_pacing = FilePacing::Fast;
         config.session.url = url.clone();
+        config.control.socket = Default::default();
         let shown = file.map(|p| p.display().to_string()).unwrap_or_else(|| "the bundled recording".into());
         writeln!(
             out,

@@ -7,12 +7,14 @@
 pub mod audio;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod logging;
 pub mod record;
 pub mod serve;
 pub mod session;
+pub mod systemd;
 pub mod wake;
 
 /// Process exit codes (DESIGN: CLI).

@@ -4,9 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
-use voxgate::cli::{Cli, Command};
+use voxgate::cli::{ClientArgs, Cli, Command};
+use voxgate::control::client::{Client, ClientError};
+use voxgate::control::proto::Request;
 use voxgate::{config, exit};
 
 /// rustpotter allocates and frees many small vectors per 10 ms of audio; mimalloc halves what that costs.
@@ -30,6 +32,17 @@ fn main() -> ExitCode {
         Command::Enroll { name, out, samples } => enroll(&name, &out, &samples),
         Command::Record { out, config, seconds } => record(&out, config.as_deref(), seconds),
         Command::Serve { listen, record_dir } => serve(&listen, record_dir),
+        Command::Status(a) => control(&a, Request::Status),
+        Command::Trigger(a) => control(&a, Request::Trigger),
+        Command::Stop(a) => control(&a, Request::Stop),
+        Command::Mute(a) => control(&a, Request::Mute),
+        Command::Unmute(a) => control(&a, Request::Unmute),
+        Command::Reload(a) => control(&a, Request::Reload),
+        Command::Events(a) => control(&a, Request::Subscribe),
+        Command::Assets { dir } => match voxgate::cli::write_assets(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(exit::FAILURE, format!("cannot write to {}: {e}", dir.display())),
+        },
         Command::Demo { file } => match voxgate::demo::run(file.as_deref(), &mut std::io::stdout().lock()) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => fail(exit::FAILURE, format!("{e:#}")),
@@ -47,12 +60,17 @@ fn run(path: Option<&std::path::Path>) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(exit::CONFIG, e),
     };
-    let _log = voxgate::logging::init(&loaded.config.log);
-    let (runtime, shutdown) = match runtime_with_signals() {
+    let log = voxgate::logging::init(&loaded.config.log);
+    let shutdown = CancellationToken::new();
+    let explicit = path.map(std::path::Path::to_path_buf);
+    // A reload reads what a restart would: the same file (or the default one), the environment on top.
+    let loader: voxgate::daemon::Loader = std::sync::Arc::new(move || config::load(explicit.as_deref()).map(|l| l.config).map_err(|e| e.to_string()));
+    let daemon = voxgate::daemon::Daemon::new(loaded.config, shutdown.clone()).loader(loaded.file, loader).log(log);
+    let runtime = match runtime(shutdown, Some(daemon.calls())) {
         Ok(r) => r,
         Err(code) => return code,
     };
-    match runtime.block_on(voxgate::daemon::run(loaded.config, shutdown)) {
+    match runtime.block_on(daemon.run()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -64,20 +82,39 @@ fn run(path: Option<&std::path::Path>) -> ExitCode {
 /// The async runtime of the long-running commands, and the token the first SIGTERM/SIGINT cancels.
 fn runtime_with_signals() -> Result<(tokio::runtime::Runtime, CancellationToken), ExitCode> {
     let shutdown = CancellationToken::new();
-    watch_signals(shutdown.clone()).map_err(|e| fail(exit::FAILURE, format!("cannot install signal handlers: {e}")))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    Ok((runtime(shutdown.clone(), None)?, shutdown))
+}
+
+/// The async runtime, with signals watched: the first SIGTERM/SIGINT cancels `shutdown`, SIGHUP asks `reload`
+/// (when given) to reload.
+fn runtime(shutdown: CancellationToken, reload: Option<tokio::sync::mpsc::Sender<voxgate::control::server::Call>>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    watch_signals(shutdown, reload).map_err(|e| fail(exit::FAILURE, format!("cannot install signal handlers: {e}")))?;
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| fail(exit::FAILURE, format!("cannot start the async runtime: {e}")))?;
-    Ok((runtime, shutdown))
+        .map_err(|e| fail(exit::FAILURE, format!("cannot start the async runtime: {e}")))
 }
 
-/// The first SIGTERM/SIGINT asks for a clean shutdown; a second one exits at once.
-fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+/// The first SIGTERM/SIGINT asks for a clean shutdown; a second one exits at once. SIGHUP sends a reload.
+fn watch_signals(shutdown: CancellationToken, reload: Option<tokio::sync::mpsc::Sender<voxgate::control::server::Call>>) -> std::io::Result<()> {
+    let mut wanted = vec![SIGTERM, SIGINT];
+    if reload.is_some() {
+        wanted.push(SIGHUP);
+    }
+    let mut signals = signal_hook::iterator::Signals::new(wanted)?;
     std::thread::Builder::new().name("voxgate-signals".into()).spawn(move || {
         for signal in signals.forever() {
+            if signal == SIGHUP {
+                if let Some(calls) = &reload {
+                    // The daemon logs the outcome; nobody waits for the reply here.
+                    let (tx, _) = tokio::sync::oneshot::channel();
+                    if calls.try_send((Request::Reload, tx)).is_err() {
+                        tracing::warn!("SIGHUP: a reload is already waiting");
+                    }
+                }
+                continue;
+            }
             if shutdown.is_cancelled() {
                 eprintln!("voxgate: second signal {signal}: exiting at once");
                 std::process::exit(128 + signal);
@@ -86,6 +123,55 @@ fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// The control client: one request, its reply printed; `events` prints events until the daemon goes away.
+fn control(args: &ClientArgs, request: Request) -> ExitCode {
+    let socket = match &args.socket {
+        Some(s) => s.clone(),
+        None => match config::load(args.config.as_deref()) {
+            Ok(l) => l.config.control.socket,
+            Err(e) => return fail(exit::CONFIG, e),
+        },
+    };
+    if socket.as_os_str().is_empty() {
+        return fail(exit::UNREACHABLE, "control.socket is empty: this configuration has no control socket");
+    }
+    let result = Client::connect(&socket).and_then(|mut client| {
+        let reply = client.call(request)?;
+        let json = serde_json::to_string(&reply).unwrap_or_default();
+        if args.json && !reply.ok {
+            println!("{json}");
+        }
+        let reply = match reply.into_result() {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        if request != Request::Subscribe {
+            match args.json {
+                true => println!("{json}"),
+                false => print!("{}", voxgate::control::client::describe(request, &reply)),
+            }
+            return Ok(Ok(()));
+        }
+        let mut out = std::io::stdout().lock();
+        while let Some(event) = client.line()? {
+            let line = match args.json {
+                true => event.to_string(),
+                false => voxgate::control::client::describe_event(&event),
+            };
+            if std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes()).and_then(|_| std::io::Write::flush(&mut out)).is_err() {
+                break;
+            }
+        }
+        Ok(Ok(()))
+    });
+    match result {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => fail(exit::FAILURE, format!("the daemon at {} says: {e}", socket.display())),
+        Err(e @ ClientError::Unreachable { .. }) => fail(exit::UNREACHABLE, e),
+        Err(e) => fail(exit::FAILURE, e),
+    }
 }
 
 fn record(out: &std::path::Path, path: Option<&std::path::Path>, seconds: Option<f64>) -> ExitCode {

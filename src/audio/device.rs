@@ -310,6 +310,7 @@ pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioEr
                 let state = format!("capturing from {name} ({})", opened.chosen);
                 tracing::info!(device = %name, "{state}");
                 ctx.stats.set_state(state);
+                ctx.stats.set_waiting(false);
                 last_error = None;
                 backoff = BACKOFF_START;
                 match capture(&ctx, &mut sink, opened) {
@@ -329,6 +330,7 @@ pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioEr
             tracing::debug!(device = %name, "{message}; retrying in {} ms", backoff.as_millis());
         }
         ctx.stats.set_state(format!("waiting for capture device {name}: {message}"));
+        ctx.stats.set_waiting(true);
         if !ctx.clock.sleep_until(ctx.clock.now() + backoff, &ctx.stop) {
             return Ok(());
         }

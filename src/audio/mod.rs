@@ -14,7 +14,7 @@ mod file;
 mod stdin;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -67,6 +67,8 @@ pub struct AudioStats {
     pub ring_overflow_samples: AtomicU64,
     /// How many times the device was (re)opened.
     pub opens: AtomicU64,
+    /// The device is missing or failed and the source is retrying on its own: no frames, but not stuck.
+    waiting: AtomicBool,
     state: Mutex<String>,
 }
 
@@ -78,6 +80,14 @@ impl AudioStats {
 
     pub(crate) fn set_state(&self, s: impl Into<String>) {
         *self.state.lock().unwrap_or_else(PoisonError::into_inner) = s.into();
+    }
+
+    pub fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_waiting(&self, waiting: bool) {
+        self.waiting.store(waiting, Ordering::Relaxed);
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use tracing::Instrument;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -212,8 +213,10 @@ enum ReaderEnd {
     Failed(String),
 }
 
-/// Runs one session to its end; never fails, the summary says how it went.
-pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Reporter) -> SessionSummary {
+/// Runs one session to its end; never fails, the summary says how it went. Run it inside a span that carries
+/// the session id: every line it logs, from all its tasks, then names the session.
+pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> SessionSummary {
+    let session = req.session.clone();
     let started = Instant::now();
     let queue = req.queue.clone();
     let url = p.url.to_string();
@@ -225,7 +228,8 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
         preroll_ms: req.preroll_ms,
         t_ms: req.t_ms,
     });
-    tracing::info!(session = %session, event = "session_start", url = %url, "session {session} to {url}");
+    tracing::info!(event = "session_start", url = %url, trigger = ?req.trigger, wakeword = req.wakeword.as_deref(), preroll_ms = req.preroll_ms,
+        "session {session} to {url}");
     reporter.set_state(State::Connecting);
     let summary = |reason, detail: Option<String>, sent, abandoned| SessionSummary {
         session: session.clone(),
@@ -283,6 +287,7 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
                 }
             }
         }
+        .in_current_span()
     });
     let mut reader = tokio::spawn({
         let (queue, codec, reporter, session, end_sent, sent) = (queue.clone(), p.codec, reporter.clone(), session.clone(), end_sent.clone(), sent.clone());
@@ -294,7 +299,7 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
                     Err(e) => return ReaderEnd::Failed(format!("connection failed: {e}")),
                 };
                 if let Message::Close(frame) = &msg {
-                    tracing::debug!(session = %session, "server closed: {frame:?}");
+                    tracing::debug!("server closed: {frame:?}");
                     return ReaderEnd::Closed;
                 }
                 if matches!(msg, Message::Text(_) | Message::Binary(_)) {
@@ -313,7 +318,7 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
                             }
                             Reply::Final(v) => (v, true),
                         };
-                        tracing::info!(session = %session, event = "server_message", "server: {value}");
+                        tracing::info!(event = "server_message", "server: {value}");
                         reporter.emit(Event::ServerMessage { session: session.clone(), message: value });
                         if done {
                             return ReaderEnd::Final;
@@ -324,6 +329,7 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
             }
             ReaderEnd::Closed
         }
+        .in_current_span()
     });
 
     // Streaming: until the end is decided, or either side fails.
@@ -376,7 +382,7 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
         Err(_) => {
             writer.abort();
             abandoned = queue.len() as u64;
-            tracing::warn!(session = %session, "drain deadline: {abandoned} frames still queued were not sent");
+            tracing::warn!("drain deadline: {abandoned} frames still queued were not sent");
             detail.get_or_insert_with(|| format!("the server did not take the audio within {} ms", p.drain_timeout.as_millis()));
             None
         }
@@ -388,7 +394,7 @@ pub async fn run(p: &Params, req: SessionRequest, session: String, reporter: &Re
                 detail.get_or_insert(e);
             }
             Ok(_) => {}
-            Err(_) => tracing::info!(session = %session, "no final reply within {} ms", p.drain_timeout.as_millis()),
+            Err(_) => tracing::info!("no final reply within {} ms", p.drain_timeout.as_millis()),
         }
     }
     reader.abort();

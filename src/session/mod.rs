@@ -71,11 +71,14 @@ pub struct SessionRequest {
     /// Sequence number of the first frame in the queue: session `seq` 0.
     pub first_seq: u64,
     pub preroll_ms: u64,
+    /// The session's id (a UUID), chosen when it opens so the wake-word log line and a `trigger` reply can
+    /// name it.
+    pub session: String,
     pub queue: Arc<SessionQueue>,
 }
 
 /// Counters of a finished session.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionSummary {
     pub session: String,
     pub reason: EndReason,

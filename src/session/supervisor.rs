@@ -9,8 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{self, Params, Reporter};
@@ -30,10 +31,15 @@ pub struct Totals {
 }
 
 /// What the control side can ask of the supervisor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Command {
     /// End the current session (and a waiting one) with reason `stopped`.
     Stop,
+    /// End any session with `stopped`, refuse new ones and report `muted` until [`Command::Unmute`].
+    Mute,
+    Unmute,
+    /// Use these for the sessions that start from now on (a reload).
+    Reconfigure(Box<Params>),
 }
 
 pub struct Supervisor {
@@ -44,17 +50,32 @@ pub struct Supervisor {
     /// Jitter source: a small LCG is plenty to spread reconnects.
     seed: u64,
     pub totals: Totals,
+    /// The totals as of the last finished session, for `status`.
+    published: Arc<watch::Sender<Totals>>,
+    muted: bool,
 }
 
 struct Active {
     queue: Arc<super::SessionQueue>,
     task: JoinHandle<SessionSummary>,
+    /// Every log line of the session carries its id (`VOXGATE_SESSION` in the journal).
+    span: tracing::Span,
 }
 
 impl Supervisor {
     pub fn new(params: Params, reporter: Reporter, requests: mpsc::Receiver<SessionRequest>, commands: mpsc::Receiver<Command>) -> Self {
         let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-        Supervisor { params, reporter, requests, commands, seed, totals: Totals::default() }
+        Supervisor { params, reporter, requests, commands, seed, totals: Totals::default(), published: Arc::new(watch::Sender::new(Totals::default())), muted: false }
+    }
+
+    /// The totals, updated after each session.
+    pub fn totals(&self) -> watch::Receiver<Totals> {
+        self.published.subscribe()
+    }
+
+    /// The state to return to when nothing is going on.
+    fn idle(&self) -> State {
+        if self.muted { State::Muted } else { State::Listening }
     }
 
     fn jittered(&mut self, d: Duration) -> Duration {
@@ -67,9 +88,9 @@ impl Supervisor {
     fn start(&self, req: SessionRequest) -> Active {
         let queue = req.queue.clone();
         let (params, reporter) = (self.params.clone(), self.reporter.clone());
-        let session = uuid::Uuid::new_v4().to_string();
-        let task = tokio::spawn(async move { client::run(&params, req, session, &reporter).await });
-        Active { queue, task }
+        let span = tracing::info_span!("session", session = %req.session);
+        let task = tokio::spawn(async move { client::run(&params, req, &reporter).await }.instrument(span.clone()));
+        Active { queue, task, span }
     }
 
     /// Runs until the requests channel closes (and the last session is done) or `shutdown` fires.
@@ -94,6 +115,9 @@ impl Supervisor {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 req = self.requests.recv(), if inputs_open => match req {
+                    Some(req) if self.muted => {
+                        req.queue.finish(EndReason::Stopped);
+                    }
                     Some(req) => {
                         if let Some(old) = pending.replace(req) {
                             // Two waiting: the newer one wins.
@@ -103,24 +127,41 @@ impl Supervisor {
                     None => inputs_open = false,
                 },
                 cmd = self.commands.recv(), if commands_open => match cmd {
-                    Some(Command::Stop) => {
+                    Some(cmd @ (Command::Stop | Command::Mute)) => {
                         if let Some(p) = pending.take() {
                             p.queue.finish(EndReason::Stopped);
                         }
                         if let Some(a) = &active {
                             a.queue.finish(EndReason::Stopped);
                         }
+                        if matches!(cmd, Command::Mute) && !self.muted {
+                            self.muted = true;
+                            tracing::info!("muted: the microphone is ignored until unmuted");
+                            if active.is_none() && !backing_off {
+                                self.reporter.set_state(State::Muted);
+                            }
+                        }
                     }
+                    Some(Command::Unmute) => {
+                        if self.muted {
+                            self.muted = false;
+                            tracing::info!("unmuted: listening again");
+                            if active.is_none() && !backing_off {
+                                self.reporter.set_state(State::Listening);
+                            }
+                        }
+                    }
+                    Some(Command::Reconfigure(params)) => self.params = *params,
                     None => commands_open = false,
                 },
                 done = async { active.as_mut().map(|a| &mut a.task).expect("guarded").await }, if active.is_some() => {
-                    active = None;
+                    let span = active.take().map(|a| a.span).unwrap_or_else(tracing::Span::none);
                     let summary = done.unwrap_or_else(|e| SessionSummary {
                         session: String::new(), reason: EndReason::Error, detail: Some(format!("session task failed: {e}")),
                         duration_ms: 0, frames_sent: 0, frames_dropped: 0, frames_abandoned: 0,
                     });
                     let failed = summary.reason == EndReason::Error;
-                    self.record(summary);
+                    span.in_scope(|| self.record(summary));
                     if failed {
                         let delay = self.jittered((BACKOFF_START * 2u32.saturating_pow(failures)).min(BACKOFF_MAX));
                         failures = failures.saturating_add(1);
@@ -130,12 +171,12 @@ impl Supervisor {
                         self.reporter.set_state(State::Backoff);
                     } else {
                         failures = 0;
-                        self.reporter.set_state(State::Listening);
+                        self.reporter.set_state(self.idle());
                     }
                 }
                 _ = &mut backoff, if backing_off => {
                     backing_off = false;
-                    self.reporter.set_state(State::Listening);
+                    self.reporter.set_state(self.idle());
                 }
             }
         }
@@ -146,7 +187,7 @@ impl Supervisor {
         if let Some(a) = active.take() {
             a.queue.finish(EndReason::Shutdown);
             if let Ok(summary) = a.task.await {
-                self.record(summary);
+                a.span.in_scope(|| self.record(summary));
             }
         }
         self.totals
@@ -156,17 +197,19 @@ impl Supervisor {
         self.totals.sessions += 1;
         self.totals.frames_sent += s.frames_sent;
         self.totals.frames_dropped += s.frames_dropped;
+        // Called inside the session's span: its id is on the line already.
         if s.reason == EndReason::Error {
             self.totals.failed += 1;
-            tracing::warn!(session = %s.session, event = "session_end", reason = s.reason.as_str(),
+            tracing::warn!(event = "session_end", reason = s.reason.as_str(), duration_ms = s.duration_ms,
                 "session {} failed: {}", s.session, s.detail.as_deref().unwrap_or("unknown error"));
         } else {
-            tracing::info!(session = %s.session, event = "session_end", reason = s.reason.as_str(),
+            tracing::info!(event = "session_end", reason = s.reason.as_str(),
                 duration_ms = s.duration_ms, frames_sent = s.frames_sent, frames_dropped = s.frames_dropped,
                 "session {} ended ({}): {} frames sent, {} dropped", s.session, s.reason.as_str(), s.frames_sent, s.frames_dropped);
         }
         self.reporter.emit(Event::SessionEnd(s.clone()));
         self.totals.last = Some(s);
+        self.published.send_replace(self.totals.clone());
     }
 }
 
@@ -195,6 +238,7 @@ mod tests {
             t_ms: 0,
             first_seq: 0,
             preroll_ms: 0,
+            session: uuid::Uuid::new_v4().to_string(),
             queue: Arc::new(SessionQueue::new(4, false, 0)),
         };
         let mut last_end = None;

@@ -293,6 +293,18 @@ impl Detector {
         Some(Detection { wakeword: hit.name, score: hit.score, avg_score: hit.avg_score, t_ms, seq, preroll })
     }
 
+    /// The last `preroll_ms` of audio: the pre-roll of a session opened by other means than a detection.
+    pub fn recent(&self) -> Vec<Frame> {
+        self.ring.last(self.preroll_frames).cloned().collect()
+    }
+
+    /// Forgets all audio heard so far (after a mute: nothing from before it may reach a session).
+    pub fn forget(&mut self) {
+        self.ring.clear();
+        self.rp.reset();
+        self.chunks.clear();
+    }
+
     /// The best score of the rejection model over the last `VERIFY_MS`, if there is one.
     fn confusion_score(&mut self) -> Option<f32> {
         let r = self.reject.as_mut()?;

@@ -10,7 +10,7 @@ fn example() -> PathBuf {
 
 #[test]
 fn example_config_parses_and_documents_every_key() {
-    let out = voxgate().args(["check-config", "--config"]).arg(example()).output().unwrap();
+    let out = voxgate().env_remove("VOXGATE_CONTROL__SOCKET").args(["check-config", "--config"]).arg(example()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let effective: toml::Table = String::from_utf8(out.stdout).unwrap().parse().unwrap();
     let example: toml::Table = std::fs::read_to_string(example()).unwrap().parse().unwrap();

@@ -31,6 +31,7 @@ async fn vosk_protocol_against_a_real_recognizer() {
     config.audio.file_pacing = FilePacing::Fast;
     config.session.url = url;
     config.session.protocol = Protocol::Vosk;
+    config.control.socket = Default::default();
     config.session.drain_timeout_ms = 5000;
     let (tx, mut rx) = tokio::sync::broadcast::channel(1 << 16);
     let summary = voxgate::daemon::run_with_events(config, CancellationToken::new(), tx).await.unwrap();

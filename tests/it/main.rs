@@ -3,6 +3,7 @@
 mod capture;
 mod interop;
 mod cli;
+mod control;
 mod files;
 mod sessions;
 mod support;

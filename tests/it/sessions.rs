@@ -38,6 +38,7 @@ fn file_config(path: &std::path::Path, url: &str) -> Config {
     c.audio.source = format!("file:{}", path.display());
     c.audio.file_pacing = FilePacing::Fast;
     c.session.url = url.to_string();
+    c.control.socket = Default::default();
     c
 }
 
@@ -517,16 +518,17 @@ async fn live_capture_sessions_are_bit_exact_and_sigterm_ends_one_with_shutdown(
 async fn first_live_session(
     server: &mut TestServer,
     tune: impl FnOnce(&mut Config),
-    on_start: impl FnOnce(&tokio::sync::mpsc::Sender<voxgate::session::supervisor::Command>),
+    on_start: impl FnOnce(&tokio::sync::mpsc::Sender<voxgate::control::server::Call>),
 ) -> (SessionSummary, (Vec<u64>, Option<serde_json::Value>)) {
     let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), &server.url);
     config.audio.file_pacing = FilePacing::Realtime;
     config.session.preroll_ms = 0;
     tune(&mut config);
     let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
-    let (commands_tx, commands) = tokio::sync::mpsc::channel(4);
     let stop = CancellationToken::new();
-    let daemon = tokio::spawn(voxgate::daemon::run_with(config, stop.clone(), tx, commands));
+    let daemon = voxgate::daemon::Daemon::new(config, stop.clone()).events(tx);
+    let commands_tx = daemon.calls();
+    let daemon = tokio::spawn(daemon.run());
     let mut on_start = Some(on_start);
     let end = loop {
         match rx.recv().await.unwrap() {
@@ -554,7 +556,7 @@ async fn the_server_can_end_a_session_and_so_can_stop() {
 
     let mut server = test_server(Misbehave::Plain).await;
     let (end, (_, msg)) = first_live_session(&mut server, |c| c.session.end_silence_ms = 10000, |commands| {
-        commands.try_send(voxgate::session::supervisor::Command::Stop).unwrap();
+        commands.try_send((voxgate::control::proto::Request::Stop, tokio::sync::oneshot::channel().0)).unwrap();
     })
     .await;
     assert_eq!(end.reason, EndReason::Stopped, "{end:?}");

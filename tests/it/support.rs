@@ -15,6 +15,8 @@ pub fn voxgate() -> Command {
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("VOXGATE_")) {
         c.env_remove(k);
     }
+    // Tests run many daemons at once: none binds the system's control socket unless a test gives it one.
+    c.env("VOXGATE_CONTROL__SOCKET", "");
     c
 }
 

@@ -1,0 +1,454 @@
+//! The running daemon (the real binary) steered over its control socket, by the `voxgate` client commands and
+//! by raw connections; sd_notify messages read from a notify socket of our own; signals.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Stdio};
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use serde_json::{Value, json};
+
+use crate::support::{ChildGuard, noise, voxgate};
+
+/// Longest any single step may take before the test gives up (a deadline, not a wait).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `voxgate serve` on 127.0.0.1:0.
+struct Server {
+    _child: ChildGuard,
+    url: String,
+}
+
+fn server() -> Server {
+    let mut child = ChildGuard(voxgate().args(["serve", "--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").expect(&line).to_string();
+    Server { _child: child, url }
+}
+
+/// Feeds the daemon's stdin with quiet noise at real time, 20 ms at a time, until dropped; can be paused.
+struct Feeder {
+    paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Feeder {
+    fn new(mut stdin: ChildStdin) -> Feeder {
+        let paused = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (paused.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Real-time pacing stands in for a microphone's clock.
+            let tick = crossbeam_channel::tick(Duration::from_millis(20));
+            let frame: Vec<u8> = noise(320, 7).iter().flat_map(|s| (s / 200).to_le_bytes()).collect();
+            while !s.load(Ordering::Relaxed) {
+                let _ = tick.recv();
+                if !p.load(Ordering::Relaxed) && stdin.write_all(&frame).is_err() {
+                    return;
+                }
+            }
+        });
+        Feeder { paused, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A daemon on stdin in manual mode, with its own control socket, notify socket and configuration file.
+struct Daemon {
+    child: ChildGuard,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    config: PathBuf,
+    notify: Receiver<String>,
+    feeder: Option<Feeder>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(url: &str, extra: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        // Other users must reach the socket for the credential check to be what refuses them.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("control.sock");
+        let config = dir.path().join("voxgate.toml");
+        std::fs::write(&config, config_text(url, "info")).unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let notify_socket = UnixDatagram::bind(&notify_path).unwrap();
+        let (tx, notify) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = notify_socket.recv(&mut buf) {
+                if tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut cmd = voxgate();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("VOXGATE_CONTROL__SOCKET", &socket)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = ChildGuard(cmd.spawn().unwrap());
+        let feeder = Feeder::new(child.0.stdin.take().unwrap());
+        // Read its log as it comes, or the daemon would block once the pipe is full.
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.0.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut d = Daemon { child, dir, socket, config, notify, feeder: Some(feeder), log };
+        d.notified(|m| m.contains("READY=1"));
+        d
+    }
+
+    /// Waits for the notify message `want` accepts; returns it.
+    fn notified(&mut self, want: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.notify.recv_timeout(PATIENCE) {
+                Ok(m) if want(m.trim_end()) => return m.trim_end().to_string(),
+                Ok(_) => {}
+                Err(e) => panic!("no such notify message ({e}); daemon log:\n{}", self.log.lock().unwrap()),
+            }
+        }
+    }
+
+    /// `voxgate <args> --socket S --json`: exit code and the JSON lines it printed.
+    fn cli(&self, args: &[&str]) -> (i32, Vec<Value>) {
+        let out = voxgate().args(args).arg("--socket").arg(&self.socket).arg("--json").output().unwrap();
+        let lines = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (out.status.code().unwrap_or(-1), lines)
+    }
+
+    fn status(&self) -> Value {
+        let (code, lines) = self.cli(&["status"]);
+        assert_eq!(code, 0, "{lines:?}");
+        lines.into_iter().next().unwrap()
+    }
+
+    fn connect(&self) -> Raw {
+        Raw::new(UnixStream::connect(&self.socket).unwrap())
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.0.id() as i32, sig) };
+    }
+}
+
+fn config_text(url: &str, level: &str) -> String {
+    format!(
+        "[audio]\nsource = \"stdin\"\n\n[wake]\nmode = \"manual\"\n\n[session]\nurl = \"{url}\"\nno_speech_ms = 60000\nmax_ms = 60000\n\n[log]\nlevel = \"{level}\"\nformat = \"text\"\n"
+    )
+}
+
+/// A raw connection to the control socket.
+struct Raw {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Raw {
+    fn new(stream: UnixStream) -> Raw {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Raw { reader: BufReader::new(stream.try_clone().unwrap()), stream }
+    }
+
+    fn send(&mut self, line: &[u8]) {
+        self.stream.write_all(line).unwrap();
+    }
+
+    fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    fn call(&mut self, req: Value) -> Value {
+        self.send(format!("{req}\n").as_bytes());
+        self.recv()
+    }
+
+    /// The next event line the predicate accepts.
+    fn event(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let e = self.recv();
+            if want(&e) {
+                return e;
+            }
+        }
+    }
+}
+
+fn is(kind: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |e| e["event"] == kind
+}
+
+#[test]
+fn every_command_against_the_running_daemon() {
+    let server = server();
+    let d = Daemon::start(&server.url, &[]);
+    let status = d.status();
+    assert_eq!(status["ok"], true);
+    assert_eq!(status["state"], "listening");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["wake_mode"], "manual");
+    assert_eq!(status["config_file"], d.config.display().to_string());
+    assert!(status["counters"]["audio_frames"].as_u64().unwrap() > 0, "{status}");
+    assert!(status["uptime_ms"].as_u64().is_some());
+
+    // A subscriber, through the client as a script would use it.
+    let mut events = ChildGuard(voxgate().args(["events", "--json", "--socket"]).arg(&d.socket).stdout(Stdio::piped()).spawn().unwrap());
+    let mut events_out = BufReader::new(events.0.stdout.take().unwrap());
+    let mut next_event = |kind: &str| loop {
+        let mut line = String::new();
+        assert!(events_out.read_line(&mut line).unwrap() > 0, "the event stream ended");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == kind {
+            return v;
+        }
+    };
+    // A subscriber is told the current state first: then it is subscribed.
+    assert_eq!(next_event("state")["state"], "listening");
+    assert_eq!(d.cli(&["mute"]).0, 0);
+    assert_eq!(next_event("state")["state"], "muted");
+    assert_eq!(d.status()["state"], "muted");
+    let (code, lines) = d.cli(&["trigger"]);
+    assert_eq!(code, 1);
+    assert!(lines[0]["error"].as_str().unwrap().contains("muted"), "{lines:?}");
+    assert_eq!(d.cli(&["unmute"]).0, 0);
+    assert_eq!(next_event("state")["state"], "listening");
+
+    let (code, lines) = d.cli(&["trigger"]);
+    assert_eq!(code, 0, "{lines:?}");
+    let session = lines[0]["session"].as_str().unwrap().to_string();
+    let start = next_event("session_start");
+    assert_eq!(start["session"], session.as_str());
+    assert_eq!(start["trigger"], "manual");
+    assert_eq!(start["url"], server.url.as_str());
+    assert_eq!(next_event("state")["state"], "connecting");
+    assert_eq!(next_event("state")["state"], "streaming");
+    let (code, lines) = d.cli(&["trigger"]);
+    assert_eq!(code, 1);
+    assert!(lines[0]["error"].as_str().unwrap().contains("already running"), "{lines:?}");
+    assert_eq!(d.cli(&["stop"]).0, 0);
+    let end = next_event("session_end");
+    assert_eq!(end["session"], session.as_str());
+    assert_eq!(end["reason"], "stopped");
+    assert!(end["frames_sent"].as_u64().unwrap() > 0);
+    let status = d.status();
+    assert_eq!(status["counters"]["sessions"], 1);
+    assert_eq!(status["last_session"]["session"], session.as_str());
+    assert_eq!(status["last_session"]["reason"], "stopped");
+
+    // Readable output by default.
+    let out = voxgate().args(["status", "--socket"]).arg(&d.socket).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("state       listening") && text.contains(&session), "{text}");
+
+    // Bad lines: each gets an error, and the connection and the daemon live on.
+    let mut raw = d.connect();
+    let bad: [(&[u8], &str); 4] = [
+        (b"{not json\n", "not a JSON object"),
+        (b"{\"cmd\":\"launch\"}\n", "unknown command \"launch\""),
+        (b"{\"verb\":\"status\"}\n", "no \"cmd\" key"),
+        (&[b'x'; 70 * 1024], "longer than 65536"),
+    ];
+    for (line, want) in bad {
+        raw.send(line);
+        if line.len() > 1024 {
+            raw.send(b"\n");
+        }
+        let r = raw.recv();
+        assert_eq!(r["ok"], false);
+        assert!(r["error"].as_str().unwrap().contains(want), "{r}");
+    }
+    assert_eq!(raw.call(json!({"cmd": "status"}))["ok"], true);
+
+    // A second daemon on the same socket is refused and leaves the first alone.
+    let out = voxgate().args(["run", "--config"]).arg(&d.config).env("VOXGATE_CONTROL__SOCKET", &d.socket).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another voxgate is already listening") && err.contains(&d.socket.display().to_string()), "{err}");
+    assert_eq!(d.status()["state"], "listening");
+
+    // No daemon: 69 and a clear message.
+    let out = voxgate().args(["status", "--socket"]).arg(d.dir.path().join("nobody.sock")).output().unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no voxgate daemon answers at"));
+    drop(events);
+}
+
+#[test]
+fn a_stuck_subscriber_is_told_what_it_missed_and_slows_nothing() {
+    let server = server();
+    let d = Daemon::start(&server.url, &[]);
+    let mut stuck = d.connect();
+    assert_eq!(stuck.call(json!({"cmd": "subscribe"}))["ok"], true);
+    let mut live = d.connect();
+    assert_eq!(live.call(json!({"cmd": "subscribe"}))["ok"], true);
+    assert_eq!(live.event(is("state"))["state"], "listening");
+    let frames_before = d.status()["counters"]["audio_frames"].as_u64().unwrap();
+    // Far more state events than the socket buffer and the event queue hold, while `stuck` reads nothing.
+    let mut ctl = d.connect();
+    let rounds = 2000;
+    for _ in 0..rounds {
+        assert_eq!(ctl.call(json!({"cmd": "mute"}))["ok"], true);
+        assert_eq!(ctl.call(json!({"cmd": "unmute"}))["ok"], true);
+        // A subscriber that keeps up sees every one.
+        assert_eq!(live.event(is("state"))["state"], "muted");
+        assert_eq!(live.event(is("state"))["state"], "listening");
+    }
+    // Capture went on meanwhile: the daemon still takes frames and answers.
+    let status = ctl.call(json!({"cmd": "status"}));
+    assert!(status["counters"]["audio_frames"].as_u64().unwrap() > frames_before, "{status}");
+    // The stuck one gets what fitted, then how many it missed, then events again.
+    let mut seen = 0u64;
+    let missed = loop {
+        let e = stuck.recv();
+        if e["event"] == "lagged" {
+            break e["missed"].as_u64().unwrap();
+        }
+        seen += 1;
+    };
+    assert!(missed > 0 && seen > 0, "seen {seen}, missed {missed}");
+    assert!(seen + missed <= 2 * rounds as u64, "seen {seen}, missed {missed}");
+    // It is still subscribed: once it has read the backlog, new events reach it.
+    assert_eq!(ctl.call(json!({"cmd": "trigger"}))["ok"], true);
+    stuck.event(is("session_start"));
+}
+
+/// Runs `voxgate status` as uid 65534 with the given supplementary groups.
+fn status_as_nobody(socket: &Path, groups: &[libc::gid_t]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let groups = groups.to_vec();
+    let mut cmd = voxgate();
+    cmd.args(["status", "--json", "--socket"]).arg(socket);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn peers_are_checked_by_uid_and_group() {
+    // SAFETY: no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: changing a client's uid needs root");
+        return;
+    }
+    let server = server();
+    // A mode that lets anyone connect: the credential check alone stands between them and the daemon.
+    let d = Daemon::start(&server.url, &[("VOXGATE_CONTROL__SOCKET_MODE", "0666")]);
+    let gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(&d.socket).unwrap());
+    let stranger = status_as_nobody(&d.socket, &[65534]);
+    assert_eq!(stranger.status.code(), Some(1), "{stranger:?}");
+    let err = String::from_utf8_lossy(&stranger.stderr);
+    assert!(err.contains("uid 65534 may not control voxgate"), "{err}");
+    let member = status_as_nobody(&d.socket, &[65534, gid]);
+    assert!(member.status.success(), "{member:?}");
+    let v: Value = serde_json::from_slice(&member.stdout).unwrap();
+    assert_eq!(v["state"], "listening");
+}
+
+#[test]
+fn sighup_keeps_a_broken_configuration_out_and_applies_a_good_one() {
+    let first = server();
+    let second = server();
+    let mut d = Daemon::start(&first.url, &[]);
+    let mut sub = d.connect();
+    assert_eq!(sub.call(json!({"cmd": "subscribe"}))["ok"], true);
+    assert_eq!(sub.event(is("state"))["state"], "listening");
+
+    // Broken: the running configuration stays, and status and the log say why.
+    std::fs::write(&d.config, "[session]\nurl = 5\n[audio]\nsample_rat = 8000\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.notified(|m| m.contains("RELOADING=1"));
+    let error = sub.event(is("error"));
+    assert!(error["message"].as_str().unwrap().contains("reload failed"), "{error}");
+    let ready = d.notified(|m| m.contains("READY=1"));
+    assert!(ready.contains("last reload failed"), "{ready}");
+    let status = d.status();
+    let why = status["reload_error"].as_str().unwrap();
+    assert!(why.contains(&d.config.display().to_string()) && why.contains("audio.sample_rat"), "{why}");
+    assert_eq!(d.cli(&["trigger"]).0, 0);
+    assert_eq!(sub.event(is("session_start"))["url"], first.url.as_str());
+    assert_eq!(d.cli(&["stop"]).0, 0);
+    sub.event(is("session_end"));
+
+    // Good: a new URL applies to the next session, and the error is cleared.
+    std::fs::write(&d.config, config_text(&second.url, "debug")).unwrap();
+    d.signal(libc::SIGHUP);
+    d.notified(|m| m.contains("RELOADING=1"));
+    d.notified(|m| m.contains("READY=1"));
+    let status = d.status();
+    assert_eq!(status["reload_error"], Value::Null, "{status}");
+    assert_eq!(d.cli(&["trigger"]).0, 0);
+    assert_eq!(sub.event(is("session_start"))["url"], second.url.as_str());
+    assert_eq!(sub.event(is("state"))["state"], "connecting");
+    assert_eq!(sub.event(is("state"))["state"], "streaming");
+    assert_eq!(d.cli(&["stop"]).0, 0);
+    assert_eq!(sub.event(is("session_end"))["reason"], "stopped");
+
+    // `reload` over the socket says what changed.
+    std::fs::write(&d.config, config_text(&second.url, "info")).unwrap();
+    let (code, lines) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines[0]["changed"], json!(["log.level"]));
+}
+
+#[test]
+fn the_watchdog_is_fed_only_while_frames_arrive_and_sigterm_cleans_up() {
+    let server = server();
+    let mut d = Daemon::start(&server.url, &[("WATCHDOG_USEC", "200000")]);
+    d.notified(|m| m == "WATCHDOG=1");
+    // The source stalls (stdin stays open, nothing comes): the pings stop and STATUS says why.
+    d.feeder.as_ref().unwrap().paused.store(true, Ordering::Relaxed);
+    d.notified(|m| m.contains("no audio from stdin"));
+    for _ in 0..3 {
+        let m = d.notified(|_| true);
+        assert!(m != "WATCHDOG=1" && m.contains("no audio from stdin"), "{m}");
+    }
+    d.feeder.as_ref().unwrap().paused.store(false, Ordering::Relaxed);
+    d.notified(|m| m == "WATCHDOG=1");
+
+    // SIGTERM: STOPPING, exit 0, the socket is gone.
+    assert_eq!(d.cli(&["trigger"]).0, 0);
+    d.signal(libc::SIGTERM);
+    d.notified(|m| m.contains("STOPPING=1"));
+    let status = d.child.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!d.socket.exists());
+    d.feeder.take();
+}
