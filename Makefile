@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need first.
 CARGO ?= cargo
 
-.PHONY: all deps build release test demo bench interop audio clean
+.PHONY: all deps build release test demo bench interop package system-test audio clean
 
 all: build
 
@@ -33,6 +33,19 @@ interop: deps
 bench: release
 	$(CARGO) bench --locked --bench wake
 	$(CARGO) bench --locked --bench session
+
+# The Debian package (binary, unit, sysusers, configuration, man page, completions), checked by lintian.
+package: release
+	@scripts/deps.sh package
+	target/release/voxgate assets target/assets
+	gzip -9nf target/assets/voxgate.1
+	$(CARGO) deb --no-build --locked
+	lintian --fail-on error,warning --suppress-tags-from-file debian/lintian-suppressed target/debian/voxgate_*.deb
+	@ls target/debian/voxgate_*.deb
+
+# The package under a real systemd: installed into a throwaway root and booted with systemd-nspawn (root only).
+system-test: package
+	VOXGATE_DEB=$$(ls -t $(abspath target/debian)/voxgate_*.deb | head -1) $(CARGO) nextest run --locked --test it --run-ignored only system::
 
 # Re-make the bundled recordings from synthetic speech (the results are committed).
 audio:

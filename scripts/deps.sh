@@ -2,11 +2,14 @@
 # Installs what building and testing voxgate needs on Debian, if it is missing: quiet when all is present.
 #   scripts/deps.sh          build and test dependencies
 #   scripts/deps.sh audio    also espeak-ng and sox (to re-make the bundled recordings)
+#   scripts/deps.sh package  also cargo-deb, lintian and systemd-nspawn (to build and boot the Debian package)
 set -euo pipefail
-packages=(libasound2-dev pkg-config)
-if [ "${1:-}" = audio ]; then
-    packages+=(espeak-ng sox)
-fi
+# systemd: systemd-analyze checks the unit, systemd-journald runs in the journald test.
+packages=(libasound2-dev pkg-config systemd)
+case "${1:-}" in
+    audio) packages+=(espeak-ng sox) ;;
+    package) packages+=(dpkg-dev lintian systemd-container) ;;
+esac
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -27,4 +30,8 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"
     cargo install --locked --quiet cargo-nextest
+fi
+if [ "${1:-}" = package ] && ! cargo deb --version >/dev/null 2>&1; then
+    echo "installing cargo-deb"
+    cargo install --locked --quiet cargo-deb
 fi

@@ -7,4 +7,5 @@ mod control;
 mod files;
 mod sessions;
 mod support;
+mod system;
 mod wake;

@@ -1,0 +1,153 @@
+//! The system around the daemon: the systemd unit as systemd-analyze sees it, the log as a real journald
+//! stores it, and the Debian package booted under a real systemd (systemd-nspawn).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{ChildGuard, fixtures, voxgate};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn is_root() -> bool {
+    // SAFETY: no failure mode.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The unit as installed, but pointing at the binary under test.
+fn unit_copy(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("systemd/voxgate.service")).unwrap();
+    assert!(text.contains("ExecStart=/usr/bin/voxgate run"));
+    let path = dir.join("voxgate.service");
+    std::fs::write(&path, text.replace("/usr/bin/voxgate", env!("CARGO_BIN_EXE_voxgate"))).unwrap();
+    path
+}
+
+#[test]
+fn the_unit_verifies_without_a_warning_and_is_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_copy(dir.path());
+    // `verify` exits 0 on unknown keys and typos; any output at all is a finding. (The man page is checked by
+    // lintian in the package; here it is not installed.)
+    let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&unit).output().expect("systemd-analyze (package systemd)");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
+
+    let out = Command::new("systemd-analyze").args(["security", "--offline=yes", "--no-pager"]).arg(&unit).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for voxgate.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    assert!(level <= 2.0, "exposure {level}:\n{text}");
+    for must in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "RestartPreventExitStatus=78", "RuntimeDirectory=voxgate", "SupplementaryGroups=audio"] {
+        assert!(std::fs::read_to_string(&unit).unwrap().contains(must), "{must}");
+    }
+    assert!(!std::fs::read_to_string(&unit).unwrap().contains("PrivateUsers=yes"));
+}
+
+/// A mount namespace of its own, with fresh tmpfs on /run and /var/log/journal, held open by a `cat`
+/// that ends when dropped. Commands run inside it with `nsenter`.
+struct Namespace {
+    holder: ChildGuard,
+}
+
+impl Namespace {
+    fn new() -> Namespace {
+        let mut holder = ChildGuard(
+            Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg("mkdir -p /var/log/journal && mount -t tmpfs tmpfs /run && mkdir /run/systemd && mount -t tmpfs tmpfs /var/log/journal && echo ready && exec cat")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut line = String::new();
+        BufReader::new(holder.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        Namespace { holder }
+    }
+
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t").arg(self.holder.0.id().to_string()).arg("-m").arg("--").arg(program);
+        c
+    }
+}
+
+#[test]
+fn journald_gets_the_structured_fields_and_every_session_line_its_id() {
+    if !is_root() {
+        eprintln!("skipped: a private journald needs root (mount namespaces)");
+        return;
+    }
+    let ns = Namespace::new();
+    let dir = tempfile::tempdir().unwrap();
+    // journald says READY=1 on its notify socket once it takes messages.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(PATIENCE)).unwrap();
+    let _journald = ChildGuard(ns.command("/lib/systemd/systemd-journald").env("NOTIFY_SOCKET", &notify_path).stderr(Stdio::null()).spawn().unwrap());
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = notify.recv(&mut buf).expect("journald's READY=1");
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            break;
+        }
+    }
+
+    let mut server = ChildGuard(voxgate().args(["serve", "--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
+    let mut ready = String::new();
+    BufReader::new(server.0.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    let url = ready.trim().strip_prefix("listening on ").unwrap().to_string();
+    let stream = fixtures().join("stream-en-us_m1.wav");
+    let status = ns
+        .command(env!("CARGO_BIN_EXE_voxgate"))
+        .arg("run")
+        .env("VOXGATE_CONTROL__SOCKET", "")
+        .env("VOXGATE_AUDIO__SOURCE", format!("file:{}", stream.display()))
+        .env("VOXGATE_AUDIO__FILE_PACING", "fast")
+        .env("VOXGATE_SESSION__URL", &url)
+        .env("VOXGATE_LOG__FORMAT", "journald")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sync = ns.command("journalctl").arg("--sync").status().unwrap();
+    assert!(sync.success());
+    let out = ns.command("journalctl").args(["-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=voxgate"]).output().unwrap();
+    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let field = |l: &Value, k: &str| l.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let wakes: Vec<&Value> = lines.iter().filter(|l| field(l, "VOXGATE_EVENT").as_deref() == Some("wake")).collect();
+    assert_eq!(wakes.len(), 2, "{lines:#?}");
+    let mut sessions = Vec::new();
+    for w in &wakes {
+        assert_eq!(field(w, "VOXGATE_WAKEWORD").as_deref(), Some("hey_jarvis"));
+        let score: f64 = field(w, "VOXGATE_SCORE").unwrap().parse().unwrap();
+        assert!(score > 0.5);
+        sessions.push(field(w, "VOXGATE_SESSION").expect("the wake line names its session"));
+    }
+    for id in &sessions {
+        // Every line that mentions the session carries its id as a field, and the session has its start,
+        // its end (with the reason) and its server replies under that id.
+        for l in lines.iter().filter(|l| field(l, "MESSAGE").is_some_and(|m| m.contains(id.as_str()))) {
+            assert_eq!(field(l, "VOXGATE_SESSION").as_ref(), Some(id), "{l}");
+        }
+        let of_session: Vec<&Value> = lines.iter().filter(|l| field(l, "VOXGATE_SESSION").as_ref() == Some(id)).collect();
+        let events: Vec<String> = of_session.iter().filter_map(|l| field(l, "VOXGATE_EVENT")).collect();
+        assert!(events.contains(&"session_start".into()) && events.contains(&"server_message".into()), "{events:?}");
+        let end = of_session.iter().find(|l| field(l, "VOXGATE_EVENT").as_deref() == Some("session_end")).expect("session_end");
+        assert_eq!(field(end, "VOXGATE_REASON").as_deref(), Some("silence"));
+        assert!(field(end, "VOXGATE_FRAMES_SENT").unwrap().parse::<u64>().unwrap() > 50);
+    }
+}
