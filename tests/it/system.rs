@@ -64,10 +64,15 @@ struct Namespace {
 
 impl Namespace {
     fn new() -> Namespace {
+        Namespace::with("mkdir -p /var/log/journal && mount -t tmpfs tmpfs /run && mkdir /run/systemd && mount -t tmpfs tmpfs /var/log/journal")
+    }
+
+    /// A namespace set up by the shell commands `setup`; its mounts vanish with it.
+    fn with(setup: &str) -> Namespace {
         let mut holder = ChildGuard(
             Command::new("unshare")
-                .args(["--mount", "--propagation", "private", "sh", "-c"])
-                .arg("mkdir -p /var/log/journal && mount -t tmpfs tmpfs /run && mkdir /run/systemd && mount -t tmpfs tmpfs /var/log/journal && echo ready && exec cat")
+                .args(["--mount", "--propagation", "private", "sh", "-ec"])
+                .arg(format!("{setup}\necho ready\nexec cat"))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -75,7 +80,7 @@ impl Namespace {
         );
         let mut line = String::new();
         BufReader::new(holder.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
+        assert_eq!(line.trim(), "ready", "the namespace setup failed");
         Namespace { holder }
     }
 
@@ -150,4 +155,135 @@ fn journald_gets_the_structured_fields_and_every_session_line_its_id() {
         assert_eq!(field(end, "VOXGATE_REASON").as_deref(), Some("silence"));
         assert!(field(end, "VOXGATE_FRAMES_SENT").unwrap().parse::<u64>().unwrap() > 50);
     }
+}
+
+/// Runs `cmd`, returning its stdout; panics with everything it said if it fails.
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed ({}):\n{said}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A booted container: commands run in all its namespaces.
+struct Container {
+    init: u32,
+}
+
+impl Container {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.init.to_string(), "-m", "-u", "-i", "-n", "-p", "-C", "--"]).args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        ok(&mut self.command(args))
+    }
+
+    fn show(&self, property: &str) -> String {
+        self.run(&["systemctl", "show", "-P", property, "voxgate"]).trim().to_string()
+    }
+}
+
+#[test]
+#[ignore = "boots the Debian package under systemd-nspawn; `make system-test` runs it (root)"]
+fn the_package_installs_boots_and_is_steered_under_systemd() {
+    let deb = PathBuf::from(std::env::var("VOXGATE_DEB").expect("VOXGATE_DEB names the .deb to test (make system-test sets it)"));
+    assert!(is_root(), "booting a container needs root");
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    let root = w.join("root");
+    // A throwaway copy of this machine's root: an overlay whose upper layer is a tmpfs, inside a mount namespace.
+    let ns = Namespace::with(&format!(
+        "mount -t tmpfs tmpfs {w}\nmkdir {w}/upper {w}/work {w}/root\n\
+         mount -t overlay overlay -o lowerdir=/,upperdir={w}/upper,workdir={w}/work {w}/root\n\
+         mount -t tmpfs tmpfs {w}/root/run\nmount -t tmpfs tmpfs {w}/root/tmp",
+        w = w.display()
+    ));
+    let inside = |args: &[&str]| ok(ns.command(args[0]).args(&args[1..]));
+    let chroot = |args: &[&str]| {
+        let mut full = vec!["chroot", root.to_str().unwrap()];
+        full.extend_from_slice(args);
+        inside(&full)
+    };
+    inside(&["cp", deb.to_str().unwrap(), &format!("{}/tmp/voxgate.deb", root.display())]);
+    chroot(&["dpkg", "-i", "/tmp/voxgate.deb"]);
+    assert!(chroot(&["getent", "passwd", "voxgate"]).contains("voxgate"), "sysusers made the user");
+    assert!(chroot(&["systemctl", "is-enabled", "voxgate"]).contains("enabled"));
+    for path in ["/usr/share/man/man1/voxgate.1.gz", "/usr/share/bash-completion/completions/voxgate", "/usr/lib/sysusers.d/voxgate.conf"] {
+        chroot(&["test", "-f", path]);
+    }
+    // The device has no sound card: the service listens to a recording that it follows as it would a growing
+    // call recording, so it keeps running.
+    let wav = fixtures().join("stream-en-us_m1.wav");
+    inside(&["cp", wav.to_str().unwrap(), &format!("{}/var/lib/voxgate-test.wav", root.display())]);
+    let config = "[audio]\nsource = \"file:/var/lib/voxgate-test.wav\"\nfile_follow = true\nfile_follow_idle_ms = 600000\n";
+    inside(&["sh", "-c", &format!("printf '{config}' > {}/etc/voxgate/voxgate.toml", root.display())]);
+    chroot(&["useradd", "--no-create-home", "--groups", "voxgate", "alice"]);
+    chroot(&["useradd", "--no-create-home", "bob"]);
+
+    // Boot. nspawn says READY=1 once the container's systemd has finished starting up, voxgate included
+    // (Type=notify: it counts as started when it says READY=1).
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut nspawn = ChildGuard(
+        ns.command("systemd-nspawn")
+            .args(["--register=no", "--keep-unit", "--private-network", "--console=passive", "--notify-ready=yes", "-q", "-b", "-D"])
+            .arg(&root)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = notify.recv(&mut buf).expect("the container's READY=1");
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            break;
+        }
+    }
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", nspawn.0.id())).unwrap();
+    let init: u32 = children.split_whitespace().next().expect("the container's init").parse().unwrap();
+    let c = Container { init };
+
+    assert_eq!(c.show("ActiveState"), "active", "{}", c.run(&["journalctl", "-u", "voxgate", "--no-pager"]));
+    assert!(c.show("StatusText").starts_with("listening"), "{}", c.show("StatusText"));
+    assert!(c.show("WatchdogUSec") != "0");
+
+    // A member of group voxgate may use the socket; a stranger cannot even reach it.
+    let alice = c.run(&["setpriv", "--reuid=alice", "--regid=alice", "--init-groups", "voxgate", "status", "--json"]);
+    let status: Value = serde_json::from_str(alice.trim()).unwrap();
+    assert_eq!(status["state"], "listening");
+    assert!(status["counters"]["audio_frames"].as_u64().unwrap() > 0);
+    let bob = c.command(&["setpriv", "--reuid=bob", "--regid=bob", "--init-groups", "voxgate", "status"]).output().unwrap();
+    assert_eq!(bob.status.code(), Some(69), "{bob:?}");
+    assert!(String::from_utf8_lossy(&bob.stderr).contains("Permission denied"), "{bob:?}");
+
+    // Reload through systemd, then see it done in the journal, with its field.
+    let mut follow = ChildGuard(c.command(&["journalctl", "-f", "-n", "all", "-o", "json", "-u", "voxgate"]).stdout(Stdio::piped()).spawn().unwrap());
+    let mut journal = BufReader::new(follow.0.stdout.take().unwrap()).lines();
+    c.run(&["sh", "-c", "printf '[audio]\\nsource = \"file:/var/lib/voxgate-test.wav\"\\nfile_follow = true\\nfile_follow_idle_ms = 600000\\n[session]\\nmax_ms = 15000\\n' > /etc/voxgate/voxgate.toml"]);
+    c.run(&["systemctl", "reload", "voxgate"]);
+    let reloaded = loop {
+        let line: Value = serde_json::from_str(&journal.next().expect("journal lines").unwrap()).unwrap();
+        if line["VOXGATE_EVENT"] == "reload" {
+            break line;
+        }
+    };
+    assert!(reloaded["MESSAGE"].as_str().unwrap().contains("session.max_ms"), "{reloaded}");
+    drop(follow);
+
+    // Stop: clean, exit 0, its lines in the journal.
+    c.run(&["systemctl", "stop", "voxgate"]);
+    assert_eq!(c.show("ActiveState"), "inactive");
+    assert_eq!(c.show("Result"), "success");
+    let log = c.run(&["journalctl", "-u", "voxgate", "--no-pager", "-o", "cat"]);
+    assert!(log.contains("voxgate 0.") && log.contains("shutting down"), "{log}");
+    assert!(!c.command(&["test", "-e", "/run/voxgate/control.sock"]).status().unwrap().success(), "the socket is removed");
+
+    c.run(&["systemctl", "poweroff", "--no-block"]);
+    assert!(nspawn.0.wait().unwrap().success());
 }
