@@ -133,11 +133,12 @@ impl Daemon {
         let Daemon { config, shutdown, events, calls: (calls_tx, mut calls), loader, log, config_file } = self;
         let params = Params::new(&config)?;
         let detector = build_detector(&config)?;
-        let source = audio::start(&config.audio, SystemClock::shared())?;
+        // The socket first: if another daemon owns it, leave the microphone alone.
         let listener = match config.control.socket.as_os_str().is_empty() {
             true => None,
             false => Some(crate::control::server::bind(&config.control.socket, config.control.mode())?),
         };
+        let source = audio::start(&config.audio, SystemClock::shared())?;
         tracing::info!(source = %source.name, "voxgate {} started, listening to {}", env!("CARGO_PKG_VERSION"), source.name);
         let reporter = Reporter { events: events.clone(), state: Arc::new(watch::Sender::new(State::Listening)) };
         let (requests_tx, requests) = mpsc::channel(REQUESTS_QUEUE);

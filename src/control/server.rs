@@ -121,11 +121,12 @@ fn peer(stream: &UnixStream) -> std::io::Result<Peer> {
             break;
         }
         let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 65536 {
-            buf.resize((len as usize / std::mem::size_of::<libc::gid_t>()).max(buf.len() * 2), 0);
-            continue;
+        match e.raw_os_error() {
+            Some(libc::ERANGE) if buf.len() < 65536 => buf.resize((len as usize / std::mem::size_of::<libc::gid_t>()).max(buf.len() * 2), 0),
+            // A kernel without SO_PEERGROUPS: the primary group is all we know.
+            Some(libc::ENOPROTOOPT) => break,
+            _ => return Err(e),
         }
-        return Err(e);
     }
     Ok(Peer { uid: cred.uid(), pid: cred.pid(), groups })
 }
@@ -240,6 +241,14 @@ struct Connection {
 }
 
 impl Connection {
+    /// Writes one line, unless shutdown comes first: a client that does not read must not hold up the exit.
+    async fn send<T: serde::Serialize>(&self, write: &mut (impl AsyncWriteExt + Unpin), value: &T) -> std::io::Result<()> {
+        tokio::select! {
+            r = write_line(write, value) => r,
+            _ = self.shutdown.cancelled() => Err(std::io::ErrorKind::Interrupted.into()),
+        }
+    }
+
     async fn run(self, stream: UnixStream) {
         let (read, mut write) = stream.into_split();
         let mut lines = FramedRead::new(read, Lines(LinesCodec::new_with_max_length(MAX_LINE)));
@@ -270,13 +279,13 @@ impl Connection {
                             break;
                         }
                     };
-                    if write_line(&mut write, &reply).await.is_err() {
+                    if self.send(&mut write, &reply).await.is_err() {
                         break;
                     }
                     if subscribed {
                         subscribed = false;
                         let state = Event::State { state: *self.state.borrow() };
-                        if write_line(&mut write, &state).await.is_err() {
+                        if self.send(&mut write, &state).await.is_err() {
                             break;
                         }
                     }
@@ -288,13 +297,15 @@ impl Connection {
                         Err(broadcast::error::RecvError::Closed) => break,
                     };
                     let Ok(line) = line else { continue };
-                    if write_line(&mut write, &line).await.is_err() {
+                    if self.send(&mut write, &line).await.is_err() {
                         break;
                     }
                 }
             }
         }
-        let _ = write.shutdown().await;
+        if !self.shutdown.is_cancelled() {
+            let _ = write.shutdown().await;
+        }
     }
 
     async fn call(&self, req: Request) -> Reply {

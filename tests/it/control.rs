@@ -341,6 +341,18 @@ fn a_stuck_subscriber_is_told_what_it_missed_and_slows_nothing() {
     // It is still subscribed: once it has read the backlog, new events reach it.
     assert_eq!(ctl.call(json!({"cmd": "trigger"}))["ok"], true);
     stuck.event(is("session_start"));
+    assert_eq!(ctl.call(json!({"cmd": "stop"}))["ok"], true);
+
+    // Stuck again, with the daemon blocked writing to it: a shutdown does not wait for it.
+    for _ in 0..rounds {
+        assert_eq!(ctl.call(json!({"cmd": "mute"}))["ok"], true);
+        assert_eq!(ctl.call(json!({"cmd": "unmute"}))["ok"], true);
+    }
+    let mut d = d;
+    d.signal(libc::SIGTERM);
+    assert!(d.child.0.wait().unwrap().success());
+    assert!(!d.socket.exists());
+    drop(stuck);
 }
 
 /// Runs `voxgate status` as uid 65534 with the given supplementary groups.

@@ -2,6 +2,7 @@
 //! misbehave on purpose.
 
 use std::sync::Arc;
+use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
@@ -609,4 +610,62 @@ async fn always_mode_opens_a_session_when_speech_starts_however_late() {
     let first = events.iter().find_map(|e| if let Event::SessionStart { t_ms, trigger, .. } = e { Some((*t_ms, *trigger)) } else { None }).unwrap();
     assert_eq!(first.1, voxgate::session::Trigger::Always);
     assert!(first.0 > 6000 && first.0 < 8000, "the session starts with the speech, at {} ms", first.0);
+}
+
+/// The network deadlines on tokio's paused clock: time only moves when every task waits, so each deadline is
+/// met exactly, whatever the machine's speed.
+#[tokio::test(start_paused = true)]
+async fn connect_and_drain_deadlines_on_the_paused_clock() {
+    use voxgate::audio::Frame;
+    use voxgate::session::client::{self, Params, Reporter};
+    use voxgate::session::{SessionQueue, SessionRequest, State, Trigger};
+    let reporter = Reporter {
+        events: tokio::sync::broadcast::channel(64).0,
+        state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)),
+    };
+    let session = |queue: Arc<SessionQueue>| SessionRequest {
+        trigger: Trigger::Manual,
+        wakeword: None,
+        score: None,
+        t_ms: 0,
+        first_seq: 0,
+        preroll_ms: 0,
+        session: "paused".into(),
+        queue,
+    };
+    let queued = || {
+        let q = Arc::new(SessionQueue::new(16, false, 0));
+        for seq in 0..5 {
+            q.push(Frame { seq, captured: std::time::Instant::now(), pcm: vec![1; 320] });
+        }
+        q.finish(EndReason::Silence);
+        q
+    };
+
+    // A server that takes our end and never answers: the session waits drain_timeout_ms for the final reply.
+    let mut server = test_server(Misbehave::NoFinal).await;
+    let mut config = Config::default();
+    config.session.url = server.url.clone();
+    config.session.drain_timeout_ms = 2000;
+    let params = Params::new(&config).unwrap();
+    let t0 = tokio::time::Instant::now();
+    let s = client::run(&params, session(queued()), &reporter).await;
+    let waited = t0.elapsed();
+    assert_eq!(s.reason, EndReason::Silence, "{s:?}");
+    assert_eq!(s.frames_sent, 5);
+    assert!(waited >= Duration::from_millis(2000) && waited < Duration::from_millis(2100), "drained for {waited:?}");
+    let (seqs, end) = server.seqs.recv().await.unwrap();
+    assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
+    assert_eq!(end.unwrap()["reason"], "silence");
+
+    // A listener that never answers the handshake: the session fails at connect_timeout_ms exactly.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    config.session.url = format!("ws://{}/", mute.local_addr().unwrap());
+    config.session.connect_timeout_ms = 1500;
+    let params = Params::new(&config).unwrap();
+    let t0 = tokio::time::Instant::now();
+    let s = client::run(&params, session(queued()), &reporter).await;
+    assert_eq!(s.reason, EndReason::Error);
+    assert!(s.detail.as_deref().unwrap().contains("1500 ms"), "{s:?}");
+    assert_eq!(t0.elapsed(), Duration::from_millis(1500));
 }
