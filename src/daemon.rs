@@ -741,3 +741,49 @@ impl Meter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(preroll_ms: u64) -> (AudioSide, mpsc::Receiver<SessionRequest>) {
+        let mut config = Config::default();
+        config.wake.mode = WakeMode::Manual;
+        config.session.preroll_ms = preroll_ms;
+        let (tx, rx) = mpsc::channel(4);
+        let reporter = Reporter { events: broadcast::channel(16).0, state: Arc::new(watch::Sender::new(State::Listening)) };
+        (AudioSide::new(&config, None, tx, reporter, Arc::new(AtomicU64::new(0))), rx)
+    }
+
+    fn frame(seq: u64, level: i16) -> Frame {
+        Frame { seq, captured: Instant::now(), pcm: vec![level; 320] }
+    }
+
+    #[test]
+    fn a_trigger_carries_the_preroll_but_nothing_heard_before_or_while_muted() {
+        let (mut side, mut requests) = side(200);
+        for seq in 0..20 {
+            side.frame(frame(seq, 1));
+        }
+        let id = side.trigger().unwrap();
+        let req = requests.try_recv().unwrap();
+        assert_eq!((req.session.as_str(), req.trigger, req.first_seq, req.preroll_ms), (id.as_str(), Trigger::Manual, 10, 200));
+        assert_eq!(req.queue.len(), 10);
+        assert_eq!(side.trigger().unwrap_err(), "a session is already running");
+
+        // Muted: the session is dropped, nothing is taken in, a trigger is refused.
+        side.mute(true);
+        for seq in 20..40 {
+            side.frame(frame(seq, 9999));
+        }
+        assert!(side.trigger().unwrap_err().contains("muted"));
+        side.mute(false);
+        for seq in 40..43 {
+            side.frame(frame(seq, 2));
+        }
+        side.trigger().unwrap();
+        let req = requests.try_recv().unwrap();
+        // Only what came after the unmute, not the 10 frames the pre-roll could hold.
+        assert_eq!((req.first_seq, req.preroll_ms, req.queue.len()), (40, 60, 3));
+    }
+}

@@ -438,6 +438,30 @@ fn sighup_keeps_a_broken_configuration_out_and_applies_a_good_one() {
     let (code, lines) = d.cli(&["reload"]);
     assert_eq!(code, 0, "{lines:?}");
     assert_eq!(lines[0]["changed"], json!(["log.level"]));
+
+    // A new source that cannot be opened (not a WAV file) is refused before anything changes.
+    let text = config_text(&second.url, "info");
+    let not_wav = d.config.display().to_string();
+    std::fs::write(&d.config, text.replace("source = \"stdin\"", &format!("source = \"file:{not_wav}\""))).unwrap();
+    let (code, lines) = d.cli(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(lines[0]["error"].as_str().unwrap().contains(&not_wav), "{lines:?}");
+    assert_eq!(d.status()["source"], "stdin");
+    // One that can is opened, and frames keep coming from it.
+    let wav = crate::support::fixtures().join("stream-en-us_m1.wav");
+    let followed = format!("source = \"file:{}\"\nfile_follow = true\nfile_follow_idle_ms = 600000", wav.display());
+    std::fs::write(&d.config, config_text(&second.url, "info").replace("source = \"stdin\"", &followed)).unwrap();
+    let (code, lines) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines[0]["changed"], json!(["audio.file_follow", "audio.file_follow_idle_ms", "audio.source"]));
+    let before = d.status()["counters"]["audio_frames"].as_u64().unwrap();
+    d.feeder.take();
+    assert_eq!(d.cli(&["trigger"]).0, 0);
+    let start = sub.event(is("session_start"));
+    assert_eq!(start["url"], second.url.as_str());
+    let status = d.status();
+    assert_eq!(status["source"], format!("file {}", wav.display()));
+    assert!(status["counters"]["audio_frames"].as_u64().unwrap() > before, "{status}");
 }
 
 #[test]
