@@ -5,6 +5,7 @@
 //! 2. Time from a wake-word detection to the server receiving `start` and the first audio (the bundled demo
 //!    recording, played at real time through the whole daemon).
 //! 3. 1,000 sessions back to back: open file descriptors and RSS before and after.
+//! 4. The wake-up floor: what handing something to a parked thread or task costs on this machine.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -201,6 +202,56 @@ async fn many_sessions(n: usize) {
     );
 }
 
+/// The floor under the frame latency: one hand-over to a parked thread, every 20 ms, with nothing else to do.
+/// The frame path has two (the session's writer task, then the server), so twice this is the least it can cost.
+async fn wakeup_floor(samples: usize) {
+    // A std thread waking another std thread (crossbeam channel).
+    let (tx, rx) = crossbeam_channel::bounded::<Instant>(1);
+    let waiter = std::thread::spawn(move || rx.iter().map(|sent| sent.elapsed().as_secs_f64() * 1000.0).collect::<Vec<f64>>());
+    let tick = crossbeam_channel::tick(Duration::from_millis(20));
+    for _ in 0..samples {
+        let _ = tick.recv();
+        tx.send(Instant::now()).unwrap();
+    }
+    drop(tx);
+    let mut threads = waiter.join().unwrap();
+    // A std thread waking a task on this runtime (tokio Notify), as the session queue wakes its writer.
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let sent = Arc::new(Mutex::new(Instant::now()));
+    let task = tokio::spawn({
+        let (notify, sent) = (notify.clone(), sent.clone());
+        async move {
+            let mut lat = Vec::with_capacity(samples);
+            for _ in 0..samples {
+                notify.notified().await;
+                lat.push(sent.lock().unwrap().elapsed().as_secs_f64() * 1000.0);
+            }
+            lat
+        }
+    });
+    std::thread::spawn(move || {
+        let tick = crossbeam_channel::tick(Duration::from_millis(20));
+        for _ in 0..samples {
+            let _ = tick.recv();
+            *sent.lock().unwrap() = Instant::now();
+            notify.notify_one();
+        }
+    })
+    .join()
+    .unwrap();
+    let mut tasks = task.await.unwrap();
+    for (what, lat) in [("thread → parked thread", &mut threads), ("thread → parked tokio task", &mut tasks)] {
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "| wake-up floor, {what} | {} hand-overs, one every 20 ms | p50 {:.3} ms | p99 {:.3} ms | max {:.3} ms | |",
+            lat.len(),
+            percentile(lat, 0.5),
+            percentile(lat, 0.99),
+            lat.last().unwrap()
+        );
+    }
+}
+
 fn main() {
     let frames: u64 = std::env::var("BENCH_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -210,5 +261,6 @@ fn main() {
         many_sessions(1000).await;
         detection_to_server().await;
         frame_latency(frames).await;
+        wakeup_floor(3000).await;
     });
 }

@@ -189,14 +189,19 @@ impl Daemon {
         let mut watched_frames = 0;
         let mut stalled_since: Option<Instant> = None;
         let (mut ready, mut stopping) = (false, false);
+        let stop = |stopping: &mut bool| {
+            if !*stopping {
+                *stopping = true;
+                tracing::info!("shutting down");
+                notifier.stopping();
+            }
+        };
         let totals = loop {
             tokio::select! {
+                // The signal first: the supervisor sees it too, and may be done by the time this loop runs.
+                biased;
+                _ = shutdown.cancelled(), if !stopping => stop(&mut stopping),
                 t = &mut supervisor => break t.unwrap_or_default(),
-                _ = shutdown.cancelled(), if !stopping => {
-                    stopping = true;
-                    tracing::info!("shutting down");
-                    notifier.stopping();
-                }
                 _ = &mut first_frame, if !ready => {
                     ready = true;
                     tracing::debug!("audio flows: ready");
@@ -225,6 +230,9 @@ impl Daemon {
                 }
             }
         };
+        if shutdown.is_cancelled() {
+            stop(&mut stopping);
+        }
         server_stop.cancel();
         if let Some(server) = server {
             // Its listener guard removes the socket file.

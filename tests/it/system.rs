@@ -216,10 +216,11 @@ fn the_package_installs_boots_and_is_steered_under_systemd() {
         chroot(&["test", "-f", path]);
     }
     // The device has no sound card: the service listens to a recording that it follows as it would a growing
-    // call recording, so it keeps running.
+    // call recording, so it keeps running. No speech server is reachable from the container: sessions open only
+    // when triggered, so the state stays what the test expects.
     let wav = fixtures().join("stream-en-us_m1.wav");
     inside(&["cp", wav.to_str().unwrap(), &format!("{}/var/lib/voxgate-test.wav", root.display())]);
-    let config = "[audio]\nsource = \"file:/var/lib/voxgate-test.wav\"\nfile_follow = true\nfile_follow_idle_ms = 600000\n";
+    let config = "[audio]\nsource = \"file:/var/lib/voxgate-test.wav\"\nfile_follow = true\nfile_follow_idle_ms = 600000\n[wake]\nmode = \"manual\"\n";
     inside(&["sh", "-c", &format!("printf '{config}' > {}/etc/voxgate/voxgate.toml", root.display())]);
     chroot(&["useradd", "--no-create-home", "--groups", "voxgate", "alice"]);
     chroot(&["useradd", "--no-create-home", "bob"]);
@@ -265,7 +266,7 @@ fn the_package_installs_boots_and_is_steered_under_systemd() {
     // Reload through systemd, then see it done in the journal, with its field.
     let mut follow = ChildGuard(c.command(&["journalctl", "-f", "-n", "all", "-o", "json", "-u", "voxgate"]).stdout(Stdio::piped()).spawn().unwrap());
     let mut journal = BufReader::new(follow.0.stdout.take().unwrap()).lines();
-    c.run(&["sh", "-c", "printf '[audio]\\nsource = \"file:/var/lib/voxgate-test.wav\"\\nfile_follow = true\\nfile_follow_idle_ms = 600000\\n[session]\\nmax_ms = 15000\\n' > /etc/voxgate/voxgate.toml"]);
+    c.run(&["sh", "-c", "printf '[audio]\\nsource = \"file:/var/lib/voxgate-test.wav\"\\nfile_follow = true\\nfile_follow_idle_ms = 600000\\n[wake]\\nmode = \"manual\"\\n[session]\\nmax_ms = 15000\\n' > /etc/voxgate/voxgate.toml"]);
     c.run(&["systemctl", "reload", "voxgate"]);
     let reloaded = loop {
         let line: Value = serde_json::from_str(&journal.next().expect("journal lines").unwrap()).unwrap();
