@@ -6,6 +6,8 @@
 //!    recording, played at real time through the whole daemon).
 //! 3. 1,000 sessions back to back: open file descriptors and RSS before and after.
 //! 4. The wake-up floor: what handing something to a parked thread or task costs on this machine.
+//!
+//! `BENCH_FRAMES=N` shortens parts 1 and 4; `BENCH_ONLY_DETECTION=1` runs part 2 alone.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -253,6 +255,11 @@ async fn wakeup_floor(samples: usize) {
 }
 
 fn main() {
+    if std::env::var("BENCH_ONLY_DETECTION").is_ok() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(detection_to_server());
+        return;
+    }
     let frames: u64 = std::env::var("BENCH_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("| measure | load | | | | |");
@@ -261,6 +268,6 @@ fn main() {
         many_sessions(1000).await;
         detection_to_server().await;
         frame_latency(frames).await;
-        wakeup_floor(3000).await;
+        wakeup_floor(frames.min(3000) as usize).await;
     });
 }

@@ -170,6 +170,29 @@ struct Container {
     init: u32,
 }
 
+/// systemd-nspawn, killed with its container if the test ends early: the container's init would outlive a
+/// killed systemd-nspawn.
+struct Nspawn(std::process::Child);
+
+impl Nspawn {
+    fn children(&self) -> Vec<i32> {
+        let pid = self.0.id();
+        let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        list.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    }
+}
+
+impl Drop for Nspawn {
+    fn drop(&mut self) {
+        for init in self.children() {
+            // SAFETY: SIGKILL to the init of the container's PID namespace ends everything in it.
+            unsafe { libc::kill(init, libc::SIGKILL) };
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Container {
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
@@ -230,7 +253,7 @@ fn the_package_installs_boots_and_is_steered_under_systemd() {
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut nspawn = ChildGuard(
+    let mut nspawn = Nspawn(
         ns.command("systemd-nspawn")
             .args(["--register=no", "--keep-unit", "--private-network", "--console=passive", "--notify-ready=yes", "-q", "-b", "-D"])
             .arg(&root)
@@ -246,8 +269,7 @@ fn the_package_installs_boots_and_is_steered_under_systemd() {
             break;
         }
     }
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", nspawn.0.id())).unwrap();
-    let init: u32 = children.split_whitespace().next().expect("the container's init").parse().unwrap();
+    let init = *nspawn.children().first().expect("the container's init") as u32;
     let c = Container { init };
 
     assert_eq!(c.show("ActiveState"), "active", "{}", c.run(&["journalctl", "-u", "voxgate", "--no-pager"]));
