@@ -623,6 +623,10 @@ impl AudioSide {
         if self.muted {
             return Err("muted: unmute first".into());
         }
+        // A session stopped from the network side is let go of at the next frame; it may not have come yet.
+        if self.tap.as_ref().is_some_and(|t| t.queue.ended().is_some()) {
+            self.tap = None;
+        }
         if self.tap.is_some() {
             return Err("a session is already running".into());
         }
@@ -778,6 +782,12 @@ mod tests {
         assert_eq!((req.session.as_str(), req.trigger, req.first_seq, req.preroll_ms), (id.as_str(), Trigger::Manual, 10, 200));
         assert_eq!(req.queue.len(), 10);
         assert_eq!(side.trigger().unwrap_err(), "a session is already running");
+        // Stopped from the network side, before the next frame: a new trigger is not refused.
+        req.queue.finish(EndReason::Stopped);
+        let again = side.trigger().unwrap();
+        assert_ne!(again, id);
+        let req = requests.try_recv().unwrap();
+        req.queue.finish(EndReason::Stopped);
 
         // Muted: the session is dropped, nothing is taken in, a trigger is refused.
         side.mute(true);
