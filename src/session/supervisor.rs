@@ -207,9 +207,10 @@ impl Supervisor {
                 duration_ms = s.duration_ms, frames_sent = s.frames_sent, frames_dropped = s.frames_dropped,
                 "session {} ended ({}): {} frames sent, {} dropped", s.session, s.reason.as_str(), s.frames_sent, s.frames_dropped);
         }
-        self.reporter.emit(Event::SessionEnd(s.clone()));
-        self.totals.last = Some(s);
+        // Counted before it is announced: whoever asks for status on seeing the event finds it there.
+        self.totals.last = Some(s.clone());
         self.published.send_replace(self.totals.clone());
+        self.reporter.emit(Event::SessionEnd(s));
     }
 }
 
