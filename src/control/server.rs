@@ -44,6 +44,8 @@ pub struct Listener {
     ino: u64,
     /// Group of the socket file: its members may connect.
     gid: u32,
+    /// Its name, looked up once here: a name service can be slow, and refusals are answered on the event loop.
+    group: String,
 }
 
 impl Drop for Listener {
@@ -85,7 +87,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<Listener, ControlError> {
         .and_then(|_| std::fs::rename(&tmp, path).map_err(io("move it into place")))
         .and_then(|_| std::fs::symlink_metadata(path).map_err(io("inspect it")));
     match placed {
-        Ok(meta) => Ok(Listener { listener, path: path.to_path_buf(), ino: meta.ino(), gid: meta.gid() }),
+        Ok(meta) => Ok(Listener { listener, path: path.to_path_buf(), ino: meta.ino(), gid: meta.gid(), group: group_name(meta.gid()) }),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             Err(e)
@@ -169,10 +171,10 @@ pub async fn serve(listener: Listener, calls: mpsc::Sender<Call>, events: broadc
             }
         };
         if !allowed(&peer, own_uid, listener.gid) {
-            tracing::warn!(uid = peer.uid, pid = peer.pid, "control socket: refused uid {} (not root, uid {own_uid} or group {})", peer.uid, listener.gid);
+            tracing::warn!(uid = peer.uid, pid = peer.pid, "control socket: refused uid {} (not root, uid {own_uid} or group {})", peer.uid, listener.group);
+            let msg = format!("uid {} may not control voxgate: only root, uid {own_uid} and members of group {} may", peer.uid, listener.group);
             tracker.spawn(async move {
                 let mut stream = stream;
-                let msg = format!("uid {} may not control voxgate: only root, uid {own_uid} and members of group {} may", peer.uid, listener_gid_name(listener.gid));
                 let _ = write_line(&mut stream, &Reply::error(msg)).await;
             });
             continue;
@@ -188,13 +190,19 @@ pub async fn serve(listener: Listener, calls: mpsc::Sender<Call>, events: broadc
     tracker.wait().await;
 }
 
-fn listener_gid_name(gid: u32) -> String {
-    // SAFETY: getgrgid returns a pointer into static storage or null; the name is copied out at once.
-    let name = unsafe {
-        let g = libc::getgrgid(gid);
-        if g.is_null() { None } else { Some(std::ffi::CStr::from_ptr((*g).gr_name).to_string_lossy().into_owned()) }
-    };
-    name.unwrap_or_else(|| gid.to_string())
+/// The name of group `gid`, or its number. Called once, when the socket is bound.
+fn group_name(gid: u32) -> String {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: all-zero is a valid `group`; getgrgid_r fills it with pointers into `buf`, which outlives their use.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the length given; the result is read only when `found` is set.
+    let r = unsafe { libc::getgrgid_r(gid, &mut group, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if r == 0 && !found.is_null() && !group.gr_name.is_null() {
+        // SAFETY: gr_name points at a NUL-terminated string inside `buf`.
+        return unsafe { std::ffi::CStr::from_ptr(group.gr_name) }.to_string_lossy().into_owned();
+    }
+    gid.to_string()
 }
 
 async fn write_line<T: serde::Serialize>(stream: &mut (impl AsyncWriteExt + Unpin), value: &T) -> std::io::Result<()> {
