@@ -1,10 +1,12 @@
 //! The supervisor task: the only owner of the state machine.
 //!
-//! Inputs: session requests from the detector thread (mpsc; closed when the audio source ends), commands
-//! (mpsc, from the control socket), and the shutdown token. It runs one session at a time; a request that arrives while a session drains waits (its
-//! queue keeps the newest `queue_ms` of audio) and starts when the previous one is done. After a failed
-//! session it backs off, exponentially with jitter, up to [`BACKOFF_MAX`]: a request in that time waits for
-//! the backoff to end. Outputs: [`Event`]s and the state (see [`Reporter`]).
+//! Inputs: session requests from the detector thread (mpsc; closed when the audio source ends), [`Command`]s
+//! from the daemon task (mpsc: stop, mute, unmute, new parameters after a reload), and the shutdown token.
+//! It runs one session at a time; a request that arrives while a session drains waits (its queue keeps the
+//! newest `queue_ms` of audio) and starts when the previous one is done. After a failed session it backs off,
+//! exponentially with jitter, up to [`BACKOFF_MAX`]: a request in that time waits for the backoff to end.
+//! While muted, requests are ended at once. Outputs: [`Event`]s, the state (see [`Reporter`]) and the totals
+//! (a watch channel, for `status`).
 
 use std::sync::Arc;
 use std::time::Duration;
