@@ -182,10 +182,11 @@ impl Daemon {
             reload_error: None,
             notifier,
         };
-        let period = notifier.watchdog_interval().unwrap_or(Duration::from_secs(3600));
+        let watchdog_every = notifier.watchdog_interval();
+        let watchdog_on = watchdog_every.is_some();
+        let period = watchdog_every.unwrap_or(Duration::from_secs(3600));
         let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let watchdog_on = notifier.watchdog_interval().is_some();
         let mut watched_frames = 0;
         let mut stalled_since: Option<Instant> = None;
         let (mut ready, mut stopping) = (false, false);
@@ -452,7 +453,7 @@ impl Controller {
 }
 
 /// A new setup for the detector thread after a reload.
-pub struct Setup {
+struct Setup {
     config: Config,
     /// `Some`: replace the detector (`Some(None)`: no detector in this wake mode); `None`: keep it.
     detector: Option<Option<Detector>>,
@@ -461,7 +462,7 @@ pub struct Setup {
 }
 
 /// What the daemon task asks of the detector thread.
-pub enum AudioCommand {
+enum AudioCommand {
     /// Open a session now; answers with its id, or why not.
     Trigger(oneshot::Sender<Result<String, String>>),
     /// Ignore the microphone (no detection, no session) until unmuted; on unmute forget what was heard before.

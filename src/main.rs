@@ -139,18 +139,17 @@ fn control(args: &ClientArgs, request: Request) -> ExitCode {
     }
     let result = Client::connect(&socket).and_then(|mut client| {
         let reply = client.call(request)?;
-        let json = serde_json::to_string(&reply).unwrap_or_default();
-        if args.json && !reply.ok {
-            println!("{json}");
+        // For scripts, the reply as the daemon sent it; `events` prints only the events that follow a success.
+        if args.json && (!reply.ok || request != Request::Subscribe) {
+            println!("{}", serde_json::to_string(&reply).unwrap_or_default());
         }
         let reply = match reply.into_result() {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
         if request != Request::Subscribe {
-            match args.json {
-                true => println!("{json}"),
-                false => print!("{}", voxgate::control::client::describe(request, &reply)),
+            if !args.json {
+                print!("{}", voxgate::control::client::describe(request, &reply));
             }
             return Ok(Ok(()));
         }

@@ -53,7 +53,7 @@ pub struct Supervisor {
     seed: u64,
     pub totals: Totals,
     /// The totals as of the last finished session, for `status`.
-    published: Arc<watch::Sender<Totals>>,
+    published: watch::Sender<Totals>,
     muted: bool,
 }
 
@@ -67,7 +67,7 @@ struct Active {
 impl Supervisor {
     pub fn new(params: Params, reporter: Reporter, requests: mpsc::Receiver<SessionRequest>, commands: mpsc::Receiver<Command>) -> Self {
         let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-        Supervisor { params, reporter, requests, commands, seed, totals: Totals::default(), published: Arc::new(watch::Sender::new(Totals::default())), muted: false }
+        Supervisor { params, reporter, requests, commands, seed, totals: Totals::default(), published: watch::Sender::new(Totals::default()), muted: false }
     }
 
     /// The totals, updated after each session.

@@ -13,24 +13,10 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use serde_json::{Value, json};
 
-use crate::support::{ChildGuard, noise, voxgate};
+use crate::support::{ChildGuard, noise, serve_child as server, voxgate};
 
 /// Longest any single step may take before the test gives up (a deadline, not a wait).
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// `voxgate serve` on 127.0.0.1:0.
-struct Server {
-    _child: ChildGuard,
-    url: String,
-}
-
-fn server() -> Server {
-    let mut child = ChildGuard(voxgate().args(["serve", "--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.trim().strip_prefix("listening on ").expect(&line).to_string();
-    Server { _child: child, url }
-}
 
 /// Feeds the daemon's stdin with quiet noise at real time, 20 ms at a time, until dropped; can be paused.
 struct Feeder {

@@ -449,9 +449,22 @@ async fn wss_with_a_private_ca_in_ca_file() {
     }
 }
 
+/// `voxgate run` capturing from the fake microphone, streaming to `url` with the bearer token in `token`.
+fn live_daemon(mic: &crate::support::FakeMic, url: &str, token: &std::path::Path, extra: &[(&str, &str)]) -> crate::support::ChildGuard {
+    let mut cmd = crate::support::voxgate();
+    cmd.arg("run")
+        .env("ALSA_CONFIG_PATH", mic.alsa_config())
+        .env("VOXGATE_AUDIO__SOURCE", "alsa:fakemic")
+        .env("VOXGATE_SESSION__URL", url)
+        .env("VOXGATE_SESSION__TOKEN_FILE", token)
+        .env("VOXGATE_LOG__LEVEL", "warn")
+        .envs(extra.iter().copied());
+    crate::support::ChildGuard(cmd.spawn().unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_capture_sessions_are_bit_exact_and_sigterm_ends_one_with_shutdown() {
-    use crate::support::{ChildGuard, FakeMic, voxgate};
+    use crate::support::FakeMic;
     let file = "stream-en-us_m1.wav";
     let (_, source) = read_wav(&fixtures().join(file));
     let mut server = reference_server().await;
@@ -462,17 +475,7 @@ async fn live_capture_sessions_are_bit_exact_and_sigterm_ends_one_with_shutdown(
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret-token\n").unwrap();
-    let child = ChildGuard(
-        voxgate()
-            .arg("run")
-            .env("ALSA_CONFIG_PATH", mic.alsa_config())
-            .env("VOXGATE_AUDIO__SOURCE", "alsa:fakemic")
-            .env("VOXGATE_SESSION__URL", &server.url)
-            .env("VOXGATE_SESSION__TOKEN_FILE", &token)
-            .env("VOXGATE_LOG__LEVEL", "warn")
-            .spawn()
-            .unwrap(),
-    );
+    let child = live_daemon(&mic, &server.url, &token, &[]);
     // Both wake words of the stream, captured live: each session is a stretch of the source, bit for bit.
     for _ in 0..2 {
         let r = server.records.recv().await.unwrap();
@@ -491,18 +494,7 @@ async fn live_capture_sessions_are_bit_exact_and_sigterm_ends_one_with_shutdown(
         chunk,
         std::time::Duration::from_millis(32),
     );
-    let mut child = ChildGuard(
-        voxgate()
-            .arg("run")
-            .env("ALSA_CONFIG_PATH", mic.alsa_config())
-            .env("VOXGATE_AUDIO__SOURCE", "alsa:fakemic")
-            .env("VOXGATE_SESSION__URL", &plain.url)
-            .env("VOXGATE_SESSION__TOKEN_FILE", &token)
-            .env("VOXGATE_SESSION__END_SILENCE_MS", "10000")
-            .env("VOXGATE_LOG__LEVEL", "warn")
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = live_daemon(&mic, &plain.url, &token, &[("VOXGATE_SESSION__END_SILENCE_MS", "10000")]);
     plain.started.notified().await;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };

@@ -170,3 +170,19 @@ pub fn labels() -> Vec<Label> {
     assert!(labels.len() >= 40, "labels.tsv has only {} rows", labels.len());
     labels
 }
+
+/// `voxgate serve` on 127.0.0.1:0, as a child process; stopped when dropped.
+pub struct ServeChild {
+    _child: ChildGuard,
+    pub url: String,
+}
+
+/// Starts `voxgate serve` and waits for its ready line, which gives its URL.
+pub fn serve_child() -> ServeChild {
+    use std::io::BufRead;
+    let mut child = ChildGuard(voxgate().args(["serve", "--listen", "127.0.0.1:0"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap());
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").expect(&line).to_string();
+    ServeChild { _child: child, url }
+}

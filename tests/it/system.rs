@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{ChildGuard, fixtures, voxgate};
+use crate::support::{ChildGuard, fixtures, serve_child};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -54,6 +54,17 @@ fn the_unit_verifies_without_a_warning_and_is_hardened() {
         assert!(std::fs::read_to_string(&unit).unwrap().contains(must), "{must}");
     }
     assert!(!std::fs::read_to_string(&unit).unwrap().contains("PrivateUsers=yes"));
+}
+
+/// Waits for READY=1 on `notify` (which has a read timeout: a deadline, not a wait).
+fn wait_ready(notify: &UnixDatagram, who: &str) {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = notify.recv(&mut buf).unwrap_or_else(|e| panic!("no READY=1 from {who}: {e}"));
+        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+            return;
+        }
+    }
 }
 
 /// A mount namespace of its own, with fresh tmpfs on /run and /var/log/journal, held open by a `cat`
@@ -104,18 +115,10 @@ fn journald_gets_the_structured_fields_and_every_session_line_its_id() {
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(PATIENCE)).unwrap();
     let _journald = ChildGuard(ns.command("/lib/systemd/systemd-journald").env("NOTIFY_SOCKET", &notify_path).stderr(Stdio::null()).spawn().unwrap());
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = notify.recv(&mut buf).expect("journald's READY=1");
-        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-            break;
-        }
-    }
+    wait_ready(&notify, "journald");
 
-    let mut server = ChildGuard(voxgate().args(["serve", "--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap());
-    let mut ready = String::new();
-    BufReader::new(server.0.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    let url = ready.trim().strip_prefix("listening on ").unwrap().to_string();
+    let server = serve_child();
+    let url = server.url.clone();
     let stream = fixtures().join("stream-en-us_m1.wav");
     let status = ns
         .command(env!("CARGO_BIN_EXE_voxgate"))
@@ -262,13 +265,7 @@ fn the_package_installs_boots_and_is_steered_under_systemd() {
             .spawn()
             .unwrap(),
     );
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = notify.recv(&mut buf).expect("the container's READY=1");
-        if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-            break;
-        }
-    }
+    wait_ready(&notify, "the container");
     let init = *nspawn.children().first().expect("the container's init") as u32;
     let c = Container { init };
 
