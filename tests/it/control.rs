@@ -474,3 +474,35 @@ fn the_watchdog_is_fed_only_while_frames_arrive_and_sigterm_cleans_up() {
     assert!(!d.socket.exists());
     d.feeder.take();
 }
+
+#[test]
+fn a_missing_microphone_keeps_the_watchdog_fed_while_capture_retries() {
+    use crate::support::FakeMic;
+    // A microphone that is not there: no frames ever, but the capture thread is knowingly waiting for it and
+    // retries on its own, so systemd must not restart the service for it.
+    let mic = FakeMic::new(vec![0u8; 4096], 4096, Duration::from_millis(32));
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(PATIENCE)).unwrap();
+    let _child = ChildGuard(
+        voxgate()
+            .arg("run")
+            .env("ALSA_CONFIG_PATH", mic.alsa_config())
+            .env("VOXGATE_AUDIO__SOURCE", "alsa:nosuchmic")
+            .env("VOXGATE_CONTROL__SOCKET", dir.path().join("control.sock"))
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "200000")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut buf = [0u8; 4096];
+    let mut pings = 0;
+    while pings < 3 {
+        let n = notify.recv(&mut buf).expect("WATCHDOG=1 while the device is missing");
+        let m = String::from_utf8_lossy(&buf[..n]);
+        assert!(!m.contains("READY=1") && !m.contains("no audio from"), "{m}");
+        pings += (m.trim_end() == "WATCHDOG=1") as u32;
+    }
+}
