@@ -1,14 +1,19 @@
 //! `make bench`, part 2: sessions on loopback.
 //!
 //! 1. Latency of each frame from the moment it is captured (queued for the session) to its arrival at a
-//!    WebSocket server on 127.0.0.1, over BENCH_FRAMES frames (default 10,000) produced at real time.
+//!    WebSocket server on 127.0.0.1, over BENCH_FRAMES frames (default 10,000) produced at real time, against
+//!    two servers: a blocking one (a thread parked in `read`) and an async one (tokio, one thread). Also what
+//!    the push costs the producer thread, which sends the frame itself when the connection can take it.
 //! 2. Time from a wake-word detection to the server receiving `start` and the first audio (the bundled demo
 //!    recording, played at real time through the whole daemon).
 //! 3. 1,000 sessions back to back: open file descriptors and RSS before and after.
-//! 4. The wake-up floor: what handing something to a parked thread or task costs on this machine.
+//! 4. The wake-up floor: what handing something to a parked thread or task costs on this machine, and what a
+//!    bare TCP write of one frame's bytes to a thread parked in `read` takes to arrive.
 //!
-//! `BENCH_FRAMES=N` shortens parts 1 and 4; `BENCH_ONLY_DETECTION=1` runs part 2 alone.
+//! `BENCH_FRAMES=N` shortens parts 1 and 4; `BENCH_ONLY=latency,detection,sessions,floor` (any of them) runs
+//! only those parts.
 
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,10 +30,13 @@ use voxgate::session::{EndReason, Event, SessionQueue, SessionRequest, State, Tr
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Each message a server got, with when it arrived.
+type Arrivals = Arc<Mutex<Vec<(Instant, ClientMessage)>>>;
+
 /// A server that notes when each message arrives (or, with `keep` false, only reads them). It runs on a
 /// thread of its own with its own single-threaded runtime, as a server process would: it does not share the
 /// client's workers.
-async fn timing_server(keep: bool) -> (String, Arc<Mutex<Vec<(Instant, ClientMessage)>>>) {
+async fn timing_server(keep: bool) -> (String, Arrivals) {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std_listener.set_nonblocking(true).unwrap();
     let url = format!("ws://{}/", std_listener.local_addr().unwrap());
@@ -63,6 +71,37 @@ async fn timing_server(keep: bool) -> (String, Arc<Mutex<Vec<(Instant, ClientMes
     (url, log)
 }
 
+/// A blocking server: a plain thread per connection, parked in `read` between messages, noting when each
+/// message arrives.
+fn blocking_server() -> (String, Arrivals) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { return };
+            let l = l.clone();
+            std::thread::spawn(move || {
+                let _ = tcp.set_nodelay(true);
+                let Ok(mut ws) = tokio_tungstenite::tungstenite::accept(tcp) else { return };
+                while let Ok(Message::Binary(b)) = ws.read() {
+                    let at = Instant::now();
+                    let Ok(m) = ClientMessage::decode(&b) else { continue };
+                    let end = matches!(m, ClientMessage::End { .. });
+                    l.lock().unwrap().push((at, m));
+                    if end {
+                        let _ = ws.close(None);
+                        let _ = ws.flush();
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (url, log)
+}
+
 fn reporter() -> Reporter {
     let (events, _) = tokio::sync::broadcast::channel(1024);
     Reporter { events, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)) }
@@ -76,49 +115,61 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn frame_latency(frames: u64) {
-    let (url, log) = timing_server(true).await;
+#[derive(Clone, Copy)]
+enum Server {
+    Blocking,
+    Tokio,
+}
+
+fn summarise(lat: &mut [f64]) -> String {
+    lat.sort_by(f64::total_cmp);
+    format!("p50 {:.3} ms | p99 {:.3} ms | max {:.3} ms", percentile(lat, 0.5), percentile(lat, 0.99), lat.last().unwrap())
+}
+
+async fn frame_latency(frames: u64, server: Server) {
+    let ((url, log), name) = match server {
+        Server::Blocking => (blocking_server(), "blocking server (a thread parked in read)"),
+        Server::Tokio => (timing_server(true).await, "async server (tokio, one thread)"),
+    };
     let mut config = Config::default();
     config.session.url = url;
     config.control.socket = Default::default();
     config.session.drain_timeout_ms = 5000;
     let params = Params::new(&config).unwrap();
     let queue = Arc::new(SessionQueue::new(100, false, 0));
-    let captured = Arc::new(Mutex::new(Vec::with_capacity(frames as usize)));
     let session = tokio::spawn({
         let (queue, reporter) = (queue.clone(), reporter());
         async move { client::run(&params, request(queue), &reporter).await }
     });
-    let (q, c) = (queue.clone(), captured.clone());
-    std::thread::spawn(move || {
-        let ticks = crossbeam_channel::tick(Duration::from_millis(20));
-        for seq in 0..frames {
-            let _ = ticks.recv();
-            let now = Instant::now();
-            c.lock().unwrap().push(now);
-            q.push(Frame { seq, captured: now, pcm: vec![0; 320] });
-        }
-        q.finish(EndReason::Stopped);
-    })
-    .join()
-    .unwrap();
+    let (captured, mut pushes) = {
+        let q = queue.clone();
+        std::thread::Builder::new().name("producer".into()).spawn(move || {
+            let ticks = crossbeam_channel::tick(Duration::from_millis(20));
+            let mut captured = Vec::with_capacity(frames as usize);
+            let mut pushes = Vec::with_capacity(frames as usize);
+            for seq in 0..frames {
+                let _ = ticks.recv();
+                let now = Instant::now();
+                q.push(Frame { seq, captured: now, pcm: vec![0; 320] });
+                pushes.push(now.elapsed().as_secs_f64() * 1000.0);
+                captured.push(now);
+            }
+            q.finish(EndReason::Stopped);
+            (captured, pushes)
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+    };
     let summary = session.await.unwrap();
-    let captured = captured.lock().unwrap();
     let mut lat: Vec<f64> = log
         .lock()
         .unwrap()
         .iter()
         .filter_map(|(at, m)| if let ClientMessage::Audio { seq, .. } = m { Some((*at - captured[*seq as usize]).as_secs_f64() * 1000.0) } else { None })
         .collect();
-    lat.sort_by(f64::total_cmp);
-    println!(
-        "| frame latency, capture → loopback server | {} frames at real time | p50 {:.3} ms | p99 {:.3} ms | max {:.3} ms | dropped {} |",
-        lat.len(),
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        lat.last().unwrap(),
-        summary.frames_dropped
-    );
+    println!("| frame latency, capture → {name} | {} frames at real time | {} | dropped {} |", lat.len(), summarise(&mut lat), summary.frames_dropped);
+    println!("| push on the producer thread (queue, encode, send) | {} frames | {} | |", pushes.len(), summarise(&mut pushes));
 }
 
 async fn detection_to_server() {
@@ -242,32 +293,49 @@ async fn wakeup_floor(samples: usize) {
     .join()
     .unwrap();
     let mut tasks = task.await.unwrap();
-    for (what, lat) in [("thread → parked thread", &mut threads), ("thread → parked tokio task", &mut tasks)] {
-        lat.sort_by(f64::total_cmp);
-        println!(
-            "| wake-up floor, {what} | {} hand-overs, one every 20 ms | p50 {:.3} ms | p99 {:.3} ms | max {:.3} ms | |",
-            lat.len(),
-            percentile(lat, 0.5),
-            percentile(lat, 0.99),
-            lat.last().unwrap()
-        );
+    // A bare TCP write of one audio message's bytes (672) to a thread parked in `read` on 127.0.0.1: what any
+    // client's frame costs on this machine's loopback, with no WebSocket and no runtime.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    client.set_nodelay(true).unwrap();
+    let (mut peer, _) = listener.accept().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 672];
+        (0..samples).map(|_| peer.read_exact(&mut buf).map(|_| Instant::now()).unwrap()).collect::<Vec<_>>()
+    });
+    let tick = crossbeam_channel::tick(Duration::from_millis(20));
+    let mut written = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let _ = tick.recv();
+        written.push(Instant::now());
+        client.write_all(&[0x5a; 672]).unwrap();
+    }
+    let mut tcp: Vec<f64> = reader.join().unwrap().iter().zip(&written).map(|(r, w)| (*r - *w).as_secs_f64() * 1000.0).collect();
+    for (what, lat) in [("thread → parked thread", &mut threads), ("thread → parked tokio task", &mut tasks), ("bare TCP write → thread parked in read", &mut tcp)] {
+        println!("| wake-up floor, {what} | {} hand-overs, one every 20 ms | {} | |", lat.len(), summarise(lat));
     }
 }
 
 fn main() {
-    if std::env::var("BENCH_ONLY_DETECTION").is_ok() {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(detection_to_server());
-        return;
-    }
     let frames: u64 = std::env::var("BENCH_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("| measure | load | | | | |");
     println!("|---|---|---|---|---|---|");
     rt.block_on(async {
-        many_sessions(1000).await;
-        detection_to_server().await;
-        frame_latency(frames).await;
-        wakeup_floor(frames.min(3000) as usize).await;
+        if run("sessions") {
+            many_sessions(1000).await;
+        }
+        if run("detection") {
+            detection_to_server().await;
+        }
+        if run("latency") {
+            frame_latency(frames, Server::Blocking).await;
+            frame_latency(frames, Server::Tokio).await;
+        }
+        if run("floor") {
+            wakeup_floor(frames.min(3000) as usize).await;
+        }
     });
 }

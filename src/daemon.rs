@@ -683,12 +683,12 @@ impl AudioSide {
     /// Gives a frame to the current session, and ends it when the audio says so.
     fn feed_session(&mut self, frame: &Frame) {
         let Some(t) = self.tap.as_mut() else { return };
-        let end = t.segmenter.push(&frame.pcm);
+        // Queued (and sent, when the connection takes it at once) before the end-of-speech check reads it.
         if !t.queue.push(frame.clone()) {
             self.tap = None;
             return;
         }
-        if let Some(reason) = end {
+        if let Some(reason) = t.segmenter.push(&frame.pcm) {
             t.queue.finish(reason);
             self.tap = None;
         }

@@ -2,17 +2,22 @@
 //! system roots plus `session.ca_file`, bearer token), then a writer task and a reader task that never wait
 //! on each other, then the drain.
 //!
-//! The writer takes frames from the [`SessionQueue`] and sends each the moment it is queued; after the end it
-//! sends `end`. The reader handles each server message the moment it arrives. Once the end is decided, the
+//! A frame leaves from the thread that queues it (the detector thread) when the connection can take it
+//! without waiting: the queue offers it to the connection's sending half, shared under a lock, so no task has
+//! to be woken for it. The writer task sends what could not leave at once, as soon as the connection is ready
+//! again, and after the end it sends `end`. Whichever side sends, it sends the oldest queued frame first. The reader handles each server message the moment it arrives. Once the end is decided, the
 //! writer has `drain_timeout_ms` to send what is queued and `end`; the reader then waits at most as long for
 //! the final reply or the close; then a normal Close is sent.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::SplitSink;
+use futures_util::{Sink, SinkExt, StreamExt};
 use tracing::Instrument;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -20,11 +25,11 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::protocol::{ClientMessage, Codec, Reply};
-use super::queue::Next;
+use super::queue::Outlet;
 use super::{EndReason, Event, SessionRequest, SessionSummary, State};
 use crate::config::Config;
 
@@ -206,6 +211,79 @@ impl Reporter {
     }
 }
 
+/// The sending half of a session's connection, shared by the detector thread (through the queue's
+/// [`Outlet`]) and the writer task. Whoever holds the lock sends the queued frames in order, so `seq` order
+/// holds whichever side sends.
+struct Direct {
+    wire: Mutex<Option<Wire>>,
+    /// Wakes the writer task; registered with the connection whenever it cannot take more.
+    waker: Waker,
+}
+
+struct Wire {
+    sink: SplitSink<Socket, Message>,
+    codec: Codec,
+    /// The first frame's source `seq`: the wire numbers frames from 0.
+    base: u64,
+    sent: Arc<AtomicU64>,
+    /// A send failed on the detector thread: the writer task ends the session with it.
+    failed: Option<WsError>,
+}
+
+impl Direct {
+    fn lock(&self) -> MutexGuard<'_, Option<Wire>> {
+        self.wire.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Outlet for Direct {
+    fn offer(&self, queue: &super::SessionQueue) -> bool {
+        let mut guard = match self.wire.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        if let Some(wire) = guard.as_mut().filter(|w| w.failed.is_none()) {
+            wire.pump(queue, &mut Context::from_waker(&self.waker));
+            if wire.failed.is_some() {
+                self.waker.wake_by_ref();
+            }
+        }
+        true
+    }
+}
+
+impl Wire {
+    /// Sends queued frames while the connection takes them without waiting, then flushes. When it cannot go
+    /// on, the context's waker (the writer task's) is registered to be woken when it can. A failure is kept in
+    /// `failed`.
+    fn pump(&mut self, queue: &super::SessionQueue, cx: &mut Context<'_>) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.try_pump(queue, cx) {
+            self.failed = Some(e);
+        }
+    }
+
+    fn try_pump(&mut self, queue: &super::SessionQueue, cx: &mut Context<'_>) -> Result<(), WsError> {
+        let mut sink = Pin::new(&mut self.sink);
+        loop {
+            match sink.as_mut().poll_ready(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(r) => r?,
+            }
+            let Some(f) = queue.pop() else { break };
+            sink.as_mut().start_send(self.codec.audio(f.seq.saturating_sub(self.base), &f.pcm))?;
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        match sink.poll_flush(cx) {
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How the reader stopped.
 enum ReaderEnd {
     Final,
@@ -268,24 +346,35 @@ pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> Sessio
     }
     let sent = Arc::new(AtomicU64::new(0));
     let end_sent = Arc::new(AtomicBool::new(false));
+    let direct = Arc::new(Direct {
+        wire: Mutex::new(Some(Wire { sink, codec: p.codec, base: req.first_seq, sent: sent.clone(), failed: None })),
+        waker: queue.waker(),
+    });
+    queue.attach(direct.clone());
     let mut writer = tokio::spawn({
-        let (queue, codec, sent, end_sent, base) = (queue.clone(), p.codec, sent.clone(), end_sent.clone(), req.first_seq);
+        let (queue, direct, sent, end_sent, codec) = (queue.clone(), direct.clone(), sent.clone(), end_sent.clone(), p.codec);
         async move {
-            loop {
-                match queue.next().await {
-                    Next::Frame(f) => {
-                        sink.send(codec.audio(f.seq.saturating_sub(base), &f.pcm)).await?;
-                        sent.fetch_add(1, Ordering::Relaxed);
+            // What the detector thread could not send at once, then the end.
+            let reason = loop {
+                {
+                    let mut guard = direct.lock();
+                    let Some(wire) = guard.as_mut() else { return Err(WsError::AlreadyClosed) };
+                    wire.pump(&queue, &mut Context::from_waker(&direct.waker));
+                    if let Some(e) = wire.failed.take() {
+                        return Err(e);
                     }
-                    Next::End(reason) => {
-                        if reason != EndReason::Error {
-                            sink.send(codec.end(reason, sent.load(Ordering::Relaxed), queue.dropped())).await?;
-                            end_sent.store(true, Ordering::Release);
-                        }
-                        return Ok::<_, tokio_tungstenite::tungstenite::Error>(sink);
+                    if let Some(reason) = queue.drained() {
+                        break reason;
                     }
                 }
+                queue.wait().await;
+            };
+            let Some(Wire { mut sink, .. }) = direct.lock().take() else { return Err(WsError::AlreadyClosed) };
+            if reason != EndReason::Error {
+                sink.send(codec.end(reason, sent.load(Ordering::Relaxed), queue.dropped())).await?;
+                end_sent.store(true, Ordering::Release);
             }
+            Ok::<_, WsError>(sink)
         }
         .in_current_span()
     });
@@ -349,7 +438,6 @@ pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> Sessio
             reader_done = Some(r);
         }
         w = &mut writer => {
-            use tokio_tungstenite::tungstenite::Error as WsError;
             let failure = match w {
                 // Done already: the end was decided and sent.
                 Ok(Ok(sink)) => {
@@ -368,7 +456,7 @@ pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> Sessio
                 detail = Some(f);
                 queue.finish(EndReason::Error);
             }
-            writer = tokio::spawn(async move { Err(tokio_tungstenite::tungstenite::Error::AlreadyClosed) });
+            writer = tokio::spawn(async move { Err(WsError::AlreadyClosed) });
         }
     }
     let reason = queue.ended().unwrap_or(EndReason::Error);
@@ -387,6 +475,8 @@ pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> Sessio
             None
         }
     };
+    // The queue outlives the session on the detector thread: the connection must not live on in it.
+    drop(direct.lock().take());
     // Drain 2: the server's final reply or its close.
     if sink.is_some() && reader_done.is_none() && reason != EndReason::Error {
         match tokio::time::timeout(p.drain_timeout, &mut reader).await {

@@ -5,9 +5,15 @@
 //! gets the newest audio once it reads again. A file played `fast` waits instead (lossless): the detector
 //! thread blocks until the writer has taken a frame. The queue also carries how the session ends: the first
 //! `finish` wins, and the writer sees it after the frames queued before it.
+//!
+//! Once the connection is up, the session attaches an [`Outlet`]: from then on the pushing thread itself sends
+//! each frame when the connection can take it without waiting, so a frame leaves without waking the writer task
+//! (a wake-up of a parked task is most of a frame's latency). Whatever cannot leave at once stays queued under
+//! the drop-oldest policy, and the writer task sends it when the connection is ready again.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::{Wake, Waker};
 
 use tokio::sync::Notify;
 
@@ -16,8 +22,11 @@ use crate::audio::Frame;
 
 pub struct SessionQueue {
     state: Mutex<State>,
-    /// Wakes the writer task: a frame was queued, or the session was finished.
-    ready: Notify,
+    /// Wakes the writer task: a frame was queued and not sent, the connection is ready again, or the session
+    /// was finished.
+    ready: Arc<Notify>,
+    /// Sends frames from the pushing thread, once the connection is up.
+    outlet: OnceLock<Arc<dyn Outlet>>,
     /// Wakes a lossless producer: room was made, or the session was finished.
     space: Condvar,
     /// Set once, by `finish`: for waiting on the end without taking frames.
@@ -37,12 +46,25 @@ struct State {
     next_seq: u64,
 }
 
-/// What the writer gets next.
-#[derive(Debug)]
-pub enum Next {
-    Frame(Frame),
-    /// No more frames will come; this is why.
-    End(EndReason),
+/// Takes frames from the pushing thread, when it can without waiting (see [`SessionQueue::attach`]).
+pub trait Outlet: Send + Sync {
+    /// Called on the pushing thread after each push: send what is queued, in order, as far as the connection
+    /// takes it without waiting. Returns `false` when it could not try (the writer task is using the
+    /// connection); the writer task is then woken to do it.
+    fn offer(&self, queue: &SessionQueue) -> bool;
+}
+
+/// Wakes the writer task: the waker to register with the connection.
+struct WakeWriter(Arc<Notify>);
+
+impl Wake for WakeWriter {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.notify_one();
+    }
 }
 
 impl SessionQueue {
@@ -50,7 +72,8 @@ impl SessionQueue {
     pub fn new(capacity: usize, lossless: bool, first_seq: u64) -> Self {
         SessionQueue {
             state: Mutex::new(State { frames: VecDeque::with_capacity(capacity.max(1)), next_seq: first_seq, ..State::default() }),
-            ready: Notify::new(),
+            ready: Arc::new(Notify::new()),
+            outlet: OnceLock::new(),
             space: Condvar::new(),
             end_tx: tokio::sync::watch::Sender::new(None),
             capacity: capacity.max(1),
@@ -84,8 +107,44 @@ impl SessionQueue {
         s.next_seq = s.next_seq.max(frame.seq + 1);
         s.frames.push_back(frame);
         drop(s);
-        self.ready.notify_one();
+        match self.outlet.get() {
+            Some(outlet) if outlet.offer(self) => {}
+            _ => self.ready.notify_one(),
+        }
         true
+    }
+
+    /// From now on, each push offers the queued frames to `outlet` on the pushing thread. Set once; later calls
+    /// are ignored.
+    pub fn attach(&self, outlet: Arc<dyn Outlet>) {
+        let _ = self.outlet.set(outlet);
+    }
+
+    /// A waker for the writer task: wakes whoever waits on [`SessionQueue::wait`].
+    pub fn waker(&self) -> Waker {
+        Waker::from(Arc::new(WakeWriter(self.ready.clone())))
+    }
+
+    /// Waits until something may be there for the writer: a frame not yet sent, the connection ready again,
+    /// or the end. A wake-up that came while the writer was busy is kept, so none is lost.
+    pub async fn wait(&self) {
+        self.ready.notified().await;
+    }
+
+    /// The oldest queued frame.
+    pub fn pop(&self) -> Option<Frame> {
+        let f = self.lock().frames.pop_front();
+        // Only a lossless producer ever waits for room (a notify is a system call even with nobody waiting).
+        if f.is_some() && self.lossless {
+            self.space.notify_one();
+        }
+        f
+    }
+
+    /// The end, once it is decided and no frame queued before it is left.
+    pub fn drained(&self) -> Option<EndReason> {
+        let s = self.lock();
+        if s.frames.is_empty() { s.end } else { None }
     }
 
     /// Ends the session with `reason` unless it already ended. Returns whether this call ended it.
@@ -110,25 +169,6 @@ impl SessionQueue {
     pub async fn wait_ended(&self) {
         let mut rx = self.end_tx.subscribe();
         let _ = rx.wait_for(|e| e.is_some()).await;
-    }
-
-    /// The next frame, or the end once the frames queued before it are gone.
-    pub async fn next(&self) -> Next {
-        loop {
-            let notified = self.ready.notified();
-            {
-                let mut s = self.lock();
-                if let Some(f) = s.frames.pop_front() {
-                    drop(s);
-                    self.space.notify_one();
-                    return Next::Frame(f);
-                }
-                if let Some(r) = s.end {
-                    return Next::End(r);
-                }
-            }
-            notified.await;
-        }
     }
 
     /// Frames of this session the server will not get: dropped because the queue was full, or never queued
@@ -157,6 +197,24 @@ mod tests {
         Frame { seq, captured: std::time::Instant::now(), pcm: vec![0; 4] }
     }
 
+    enum Next {
+        Frame(Frame),
+        End(EndReason),
+    }
+
+    /// What a writer gets next: a frame, or the end once the frames queued before it are gone.
+    async fn next(q: &SessionQueue) -> Next {
+        loop {
+            if let Some(f) = q.pop() {
+                return Next::Frame(f);
+            }
+            if let Some(r) = q.drained() {
+                return Next::End(r);
+            }
+            q.wait().await;
+        }
+    }
+
     #[tokio::test]
     async fn live_queue_drops_the_oldest_and_keeps_the_end_last() {
         let q = SessionQueue::new(3, false, 0);
@@ -169,7 +227,7 @@ mod tests {
         assert!(!q.push(frame(5)), "nothing is taken after the end");
         let mut got = Vec::new();
         loop {
-            match q.next().await {
+            match next(&q).await {
                 Next::Frame(f) => got.push(f.seq),
                 Next::End(r) => {
                     assert_eq!(r, EndReason::Silence);
@@ -189,6 +247,51 @@ mod tests {
         assert_eq!(q.dropped(), 2, "seq 7 and 8 never came");
     }
 
+    /// Takes a frame on each offer, or declines every offer.
+    struct Taker {
+        accept: bool,
+        offers: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Outlet for Taker {
+        fn offer(&self, queue: &SessionQueue) -> bool {
+            self.offers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.accept {
+                queue.pop();
+            }
+            self.accept
+        }
+    }
+
+    /// On the paused clock: `wait` returns at once if the writer was woken, and times out at once if not.
+    async fn writer_woken(q: &SessionQueue) -> bool {
+        tokio::time::timeout(std::time::Duration::from_secs(1), q.wait()).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attached_outlet_sends_without_waking_the_writer() {
+        let q = SessionQueue::new(8, false, 0);
+        assert!(q.push(frame(0)));
+        assert!(writer_woken(&q).await, "before the outlet, a push wakes the writer");
+        let taker = Arc::new(Taker { accept: true, offers: Default::default() });
+        q.attach(taker.clone());
+        assert!(q.push(frame(1)));
+        assert_eq!(taker.offers.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(q.pop().map(|f| f.seq), Some(1), "the outlet took the oldest frame, 0");
+        assert!(!writer_woken(&q).await, "a frame the outlet took does not wake the writer");
+
+        let q = SessionQueue::new(8, false, 0);
+        q.attach(Arc::new(Taker { accept: false, offers: Default::default() }));
+        assert!(q.push(frame(0)));
+        assert!(writer_woken(&q).await, "a declined offer wakes the writer");
+        assert_eq!(q.len(), 1);
+        q.finish(EndReason::Silence);
+        assert!(writer_woken(&q).await, "the end wakes the writer");
+        assert_eq!(q.drained(), None, "frame 0 is still queued before the end");
+        q.pop();
+        assert_eq!(q.drained(), Some(EndReason::Silence));
+    }
+
     #[tokio::test]
     async fn lossless_queue_waits_for_room() {
         let q = Arc::new(SessionQueue::new(2, true, 0));
@@ -198,7 +301,7 @@ mod tests {
         };
         let mut got = Vec::new();
         while got.len() < 10 {
-            if let Next::Frame(f) = q.next().await {
+            if let Next::Frame(f) = next(&q).await {
                 got.push(f.seq);
             }
         }

@@ -661,3 +661,82 @@ async fn connect_and_drain_deadlines_on_the_paused_clock() {
     assert!(s.detail.as_deref().unwrap().contains("1500 ms"), "{s:?}");
     assert_eq!(t0.elapsed(), Duration::from_millis(1500));
 }
+
+/// Once connected, a frame leaves from the thread that pushes it: the session's runtime is held busy by a
+/// task that blocks its only thread, and the server still gets every frame pushed meanwhile. Frames pushed
+/// before the connection was up went out through the writer task.
+#[test]
+fn frames_leave_from_the_pushing_thread_while_the_runtime_is_busy() {
+    use std::sync::mpsc;
+    use voxgate::audio::Frame;
+    use voxgate::session::client::{self, Params, Reporter};
+    use voxgate::session::{SessionQueue, SessionRequest, State, Trigger};
+    const WAIT: Duration = Duration::from_secs(10);
+
+    // A blocking server on a plain thread: it reports each audio frame's seq the moment it reads it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let (heard_tx, heard) = mpsc::channel::<u64>();
+    std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let mut ws = tokio_tungstenite::tungstenite::accept(tcp).unwrap();
+        while let Ok(Message::Binary(b)) = ws.read() {
+            match ClientMessage::decode(&b) {
+                Ok(ClientMessage::Audio { seq, .. }) => heard_tx.send(seq).unwrap(),
+                Ok(ClientMessage::End { .. }) => {
+                    let _ = ws.close(None);
+                    let _ = ws.flush();
+                }
+                _ => {}
+            }
+        }
+    });
+
+    let mut config = Config::default();
+    config.session.url = url;
+    let params = Params::new(&config).unwrap();
+    let queue = Arc::new(SessionQueue::new(64, false, 0));
+    let request = SessionRequest {
+        trigger: Trigger::Manual,
+        wakeword: None,
+        score: None,
+        t_ms: 0,
+        first_seq: 0,
+        preroll_ms: 0,
+        session: "direct".into(),
+        queue: queue.clone(),
+    };
+    let frame = |seq| Frame { seq, captured: std::time::Instant::now(), pcm: vec![seq as i16; 320] };
+    // Pushed before the session connects: the writer task sends it.
+    queue.push(frame(0));
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let handle = rt.handle().clone();
+    let runtime = std::thread::spawn(move || {
+        let reporter = Reporter { events: tokio::sync::broadcast::channel(64).0, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)) };
+        rt.block_on(client::run(&params, request, &reporter))
+    });
+    assert_eq!(heard.recv_timeout(WAIT), Ok(0), "the writer task sends what was queued before the connection");
+
+    // Hold the runtime's only thread: no task of the session can run until it is let go.
+    let (held_tx, held) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    handle.spawn(async move {
+        held_tx.send(()).unwrap();
+        let _ = released.recv();
+    });
+    held.recv_timeout(WAIT).expect("the runtime runs the holding task");
+    for seq in 1..=5 {
+        queue.push(frame(seq));
+        assert_eq!(heard.recv_timeout(WAIT), Ok(seq), "frame {seq} reaches the server while the runtime is held");
+    }
+    assert_eq!(queue.len(), 0);
+
+    release.send(()).unwrap();
+    queue.push(frame(6));
+    queue.finish(EndReason::Silence);
+    let summary = runtime.join().unwrap();
+    assert_eq!(summary.reason, EndReason::Silence, "{summary:?}");
+    assert_eq!((summary.frames_sent, summary.frames_dropped), (7, 0));
+    assert_eq!(heard.recv_timeout(WAIT), Ok(6));
+}
