@@ -25,7 +25,7 @@ use voxgate::audio::Frame;
 use voxgate::config::{Config, FilePacing};
 use voxgate::session::client::{self, Params, Reporter};
 use voxgate::session::protocol::ClientMessage;
-use voxgate::session::{EndReason, Event, SessionQueue, SessionRequest, State, Trigger};
+use voxgate::session::{EndReason, SessionQueue, SessionRequest, State, Trigger};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -71,8 +71,33 @@ async fn timing_server(keep: bool) -> (String, Arrivals) {
     (url, log)
 }
 
-/// A blocking server: a plain thread per connection, parked in `read` between messages, noting when each
-/// message arrives.
+/// A TCP stream that notes when its last read returned: when the server had the bytes, before any WebSocket
+/// parsing.
+struct Timed {
+    tcp: std::net::TcpStream,
+    last_read: Instant,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        self.last_read = Instant::now();
+        Ok(n)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// A blocking server: a plain thread per connection, parked in `read` between messages. A message's arrival
+/// is when the read that completed it returned.
 fn blocking_server() -> (String, Arrivals) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://{}/", listener.local_addr().unwrap());
@@ -84,9 +109,9 @@ fn blocking_server() -> (String, Arrivals) {
             let l = l.clone();
             std::thread::spawn(move || {
                 let _ = tcp.set_nodelay(true);
-                let Ok(mut ws) = tokio_tungstenite::tungstenite::accept(tcp) else { return };
+                let Ok(mut ws) = tokio_tungstenite::tungstenite::accept(Timed { tcp, last_read: Instant::now() }) else { return };
                 while let Ok(Message::Binary(b)) = ws.read() {
-                    let at = Instant::now();
+                    let at = ws.get_ref().last_read;
                     let Ok(m) = ClientMessage::decode(&b) else { continue };
                     let end = matches!(m, ClientMessage::End { .. });
                     l.lock().unwrap().push((at, m));
@@ -148,9 +173,11 @@ async fn frame_latency(frames: u64, server: Server) {
             let mut captured = Vec::with_capacity(frames as usize);
             let mut pushes = Vec::with_capacity(frames as usize);
             for seq in 0..frames {
+                let mut frame = Frame { seq, captured: Instant::now(), pcm: vec![0; 320] };
                 let _ = ticks.recv();
                 let now = Instant::now();
-                q.push(Frame { seq, captured: now, pcm: vec![0; 320] });
+                frame.captured = now;
+                q.push(frame);
                 pushes.push(now.elapsed().as_secs_f64() * 1000.0);
                 captured.push(now);
             }
@@ -172,7 +199,40 @@ async fn frame_latency(frames: u64, server: Server) {
     println!("| push on the producer thread (queue, encode, send) | {} frames | {} | |", pushes.len(), summarise(&mut pushes));
 }
 
-async fn detection_to_server() {
+/// Notes the moment each acted-on wake word is logged: on the detector thread, as it detects.
+#[derive(Clone, Default)]
+struct WakeClock(Arc<Mutex<Vec<Instant>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WakeClock {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        #[derive(Default)]
+        struct Fields {
+            wake: bool,
+            acted_on: bool,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "event" {
+                    self.wake = value == "wake";
+                }
+            }
+            fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+                if field.name() == "acted_on" {
+                    self.acted_on = value;
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let at = Instant::now();
+        let mut f = Fields::default();
+        event.record(&mut f);
+        if f.wake && f.acted_on {
+            self.0.lock().unwrap().push(at);
+        }
+    }
+}
+
+async fn detection_to_server(wakes: WakeClock) {
     let (url, log) = timing_server(true).await;
     let mut config = Config::default();
     let dir = tempfile::tempdir().unwrap();
@@ -182,21 +242,12 @@ async fn detection_to_server() {
     config.audio.file_pacing = FilePacing::Realtime;
     config.session.url = url;
     config.control.socket = Default::default();
-    let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
-    let wakes = tokio::spawn(async move {
-        let mut at = Vec::new();
-        while let Ok(e) = rx.recv().await {
-            if let Event::Wake { acted_on: true, .. } = e {
-                at.push(Instant::now());
-            }
-        }
-        at
-    });
-    voxgate::daemon::run_with_events(config, CancellationToken::new(), tx).await.unwrap();
-    let wakes = wakes.await.unwrap();
+    voxgate::daemon::run(config, CancellationToken::new()).await.unwrap();
+    let wakes = wakes.0.lock().unwrap();
     let log = log.lock().unwrap();
     let starts: Vec<Instant> = log.iter().filter(|(_, m)| matches!(m, ClientMessage::Start { .. })).map(|(t, _)| *t).collect();
     let firsts: Vec<Instant> = log.iter().filter(|(_, m)| matches!(m, ClientMessage::Audio { seq: 0, .. })).map(|(t, _)| *t).collect();
+    assert_eq!((wakes.len(), starts.len(), firsts.len()), (2, 2, 2), "the demo recording has two wake words");
     for (i, w) in wakes.iter().enumerate() {
         println!(
             "| detection → server, session {} | demo recording at real time | start {:.2} ms | first audio {:.2} ms | | |",
@@ -317,9 +368,15 @@ async fn wakeup_floor(samples: usize) {
 }
 
 fn main() {
+    voxgate::small_pages();
     let frames: u64 = std::env::var("BENCH_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let run = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    let wakes = WakeClock::default();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(wakes.clone())).unwrap();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("| measure | load | | | | |");
     println!("|---|---|---|---|---|---|");
@@ -328,7 +385,7 @@ fn main() {
             many_sessions(1000).await;
         }
         if run("detection") {
-            detection_to_server().await;
+            detection_to_server(wakes).await;
         }
         if run("latency") {
             frame_latency(frames, Server::Blocking).await;

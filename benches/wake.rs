@@ -93,6 +93,7 @@ fn rss_while_listening() -> Option<(u64, u64)> {
 }
 
 fn main() {
+    voxgate::small_pages();
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wake");
     let mut speech = Vec::new();
     let mut streams: Vec<_> = std::fs::read_dir(&fixtures)

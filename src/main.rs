@@ -16,6 +16,7 @@ use voxgate::{config, exit};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    voxgate::small_pages();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config.as_deref()),
