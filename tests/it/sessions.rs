@@ -604,27 +604,37 @@ async fn always_mode_opens_a_session_when_speech_starts_however_late() {
     assert!(first.0 > 6000 && first.0 < 8000, "the session starts with the speech, at {} ms", first.0);
 }
 
-/// The network deadlines on tokio's paused clock: time only moves when every task waits, so each deadline is
-/// met exactly, whatever the machine's speed.
-#[tokio::test(start_paused = true)]
-async fn connect_and_drain_deadlines_on_the_paused_clock() {
-    use voxgate::audio::Frame;
-    use voxgate::session::client::{self, Params, Reporter};
-    use voxgate::session::{SessionQueue, SessionRequest, State, Trigger};
-    let reporter = Reporter {
-        events: tokio::sync::broadcast::channel(64).0,
-        state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)),
-    };
-    let session = |queue: Arc<SessionQueue>| SessionRequest {
-        trigger: Trigger::Manual,
+/// A session opened by hand with no pre-roll, for running `client::run` on its own.
+fn manual_request(session: &str, queue: Arc<voxgate::session::SessionQueue>) -> voxgate::session::SessionRequest {
+    voxgate::session::SessionRequest {
+        trigger: voxgate::session::Trigger::Manual,
         wakeword: None,
         score: None,
         t_ms: 0,
         first_seq: 0,
         preroll_ms: 0,
-        session: "paused".into(),
+        session: session.into(),
         queue,
-    };
+    }
+}
+
+/// A reporter nobody listens to.
+fn quiet_reporter() -> voxgate::session::client::Reporter {
+    voxgate::session::client::Reporter {
+        events: tokio::sync::broadcast::channel(64).0,
+        state: Arc::new(tokio::sync::watch::Sender::new(voxgate::session::State::Listening)),
+    }
+}
+
+/// The network deadlines on tokio's paused clock: time only moves when every task waits, so each deadline is
+/// met exactly, whatever the machine's speed.
+#[tokio::test(start_paused = true)]
+async fn connect_and_drain_deadlines_on_the_paused_clock() {
+    use voxgate::audio::Frame;
+    use voxgate::session::SessionQueue;
+    use voxgate::session::client::{self, Params};
+    let reporter = quiet_reporter();
+    let session = |queue: Arc<SessionQueue>| manual_request("paused", queue);
     let queued = || {
         let q = Arc::new(SessionQueue::new(16, false, 0));
         for seq in 0..5 {
@@ -669,8 +679,8 @@ async fn connect_and_drain_deadlines_on_the_paused_clock() {
 fn frames_leave_from_the_pushing_thread_while_the_runtime_is_busy() {
     use std::sync::mpsc;
     use voxgate::audio::Frame;
-    use voxgate::session::client::{self, Params, Reporter};
-    use voxgate::session::{SessionQueue, SessionRequest, State, Trigger};
+    use voxgate::session::SessionQueue;
+    use voxgate::session::client::{self, Params};
     const WAIT: Duration = Duration::from_secs(10);
 
     // A blocking server on a plain thread: it reports each audio frame's seq the moment it reads it.
@@ -696,16 +706,7 @@ fn frames_leave_from_the_pushing_thread_while_the_runtime_is_busy() {
     config.session.url = url;
     let params = Params::new(&config).unwrap();
     let queue = Arc::new(SessionQueue::new(64, false, 0));
-    let request = SessionRequest {
-        trigger: Trigger::Manual,
-        wakeword: None,
-        score: None,
-        t_ms: 0,
-        first_seq: 0,
-        preroll_ms: 0,
-        session: "direct".into(),
-        queue: queue.clone(),
-    };
+    let request = manual_request("direct", queue.clone());
     let frame = |seq| Frame { seq, captured: std::time::Instant::now(), pcm: vec![seq as i16; 320] };
     // Pushed before the session connects: the writer task sends it.
     queue.push(frame(0));
@@ -713,8 +714,7 @@ fn frames_leave_from_the_pushing_thread_while_the_runtime_is_busy() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let handle = rt.handle().clone();
     let runtime = std::thread::spawn(move || {
-        let reporter = Reporter { events: tokio::sync::broadcast::channel(64).0, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)) };
-        rt.block_on(client::run(&params, request, &reporter))
+        rt.block_on(client::run(&params, request, &quiet_reporter()))
     });
     assert_eq!(heard.recv_timeout(WAIT), Ok(0), "the writer task sends what was queued before the connection");
 
