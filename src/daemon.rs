@@ -3,7 +3,7 @@
 //!
 //! Channels:
 //! - source frames (crossbeam, bounded) → the detector thread, which owns their receiving end;
-//! - the daemon task → the detector thread: [`AudioCommand`]s (crossbeam; trigger, mute, a new setup after a
+//! - the daemon task → the detector thread: `AudioCommand`s (crossbeam; trigger, mute, a new setup after a
 //!   reload), answered on oneshots where an answer is due;
 //! - the detector thread → the supervisor: [`SessionRequest`]s (tokio mpsc, bounded; the thread never
 //!   blocks on it), dropped when the thread ends, which tells the supervisor the source has ended;

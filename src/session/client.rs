@@ -4,10 +4,11 @@
 //!
 //! A frame leaves from the thread that queues it (the detector thread) when the connection can take it
 //! without waiting: the queue offers it to the connection's sending half, shared under a lock, so no task has
-//! to be woken for it. The writer task sends what could not leave at once, as soon as the connection is ready
-//! again, and after the end it sends `end`. Whichever side sends, it sends the oldest queued frame first. The reader handles each server message the moment it arrives. Once the end is decided, the
-//! writer has `drain_timeout_ms` to send what is queued and `end`; the reader then waits at most as long for
-//! the final reply or the close; then a normal Close is sent.
+//! to be woken for it. The lock is held only for sends that do not wait. The writer task sends what could not
+//! leave at once, as soon as the connection is ready again, and after the end it sends `end`. Whichever side
+//! sends, it sends the oldest queued frame first. The reader handles each server message the moment it
+//! arrives. Once the end is decided, the writer has `drain_timeout_ms` to send what is queued and `end`; the
+//! reader then waits at most as long for the final reply or the close; then a normal Close is sent.
 
 use std::path::Path;
 use std::pin::Pin;

@@ -4,6 +4,8 @@
 //! - The detector thread creates each session's [`SessionQueue`], seeds it with the pre-roll, feeds it every
 //!   following frame, and ends it when the audio says so (silence, no speech, max duration, source ended). It
 //!   hands the queue to the supervisor as a [`SessionRequest`] on an mpsc channel (detector → supervisor).
+//!   Once the session is connected, a push also sends the frame, on the detector thread, when the connection
+//!   takes it without waiting ([`queue::Outlet`]); the session's writer task sends the rest.
 //! - The [`supervisor`] task owns the state machine; it runs one session at a time on its own task
 //!   ([`client`]), and ends it from the network side (server end, stop, shutdown) through the same queue.
 //! - Everything that happens is published as an [`Event`] on a broadcast channel; subscribers (the demo, the
