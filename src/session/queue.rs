@@ -1,5 +1,5 @@
-//! The bounded queue between the audio side (the detector thread, which pushes) and a session's writer task
-//! (which pops), one per session.
+//! The bounded queue between the audio side (the detector thread, which pushes) and a session's connection
+//! (which takes frames from it), one per session.
 //!
 //! Live sources never wait: when the queue is full, the oldest frame is dropped and counted, so a slow server
 //! gets the newest audio once it reads again. A file played `fast` waits instead (lossless): the detector
