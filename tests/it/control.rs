@@ -242,6 +242,9 @@ fn every_command_against_the_running_daemon() {
     let (code, lines) = d.cli(&["trigger"]);
     assert_eq!(code, 1);
     assert!(lines[0]["error"].as_str().unwrap().contains("already running"), "{lines:?}");
+    // Unmuting emptied the pre-roll: the session has audio once the server says it heard some.
+    let heard = next_event("server_message");
+    assert_eq!(heard["message"]["type"], "partial", "{heard}");
     assert_eq!(d.cli(&["stop"]).0, 0);
     let end = next_event("session_end");
     assert_eq!(end["session"], session.as_str());
