@@ -456,6 +456,19 @@ fn sighup_keeps_a_broken_configuration_out_and_applies_a_good_one() {
     assert!(status["counters"]["audio_frames"].as_u64().unwrap() > before, "{status}");
 }
 
+/// The daemon turns transparent huge pages off for itself (`voxgate::small_pages`): the kernel reports it.
+#[test]
+fn the_daemon_keeps_to_small_pages() {
+    let server = server();
+    let d = Daemon::start(&server.url, &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.0.id())).unwrap();
+    let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) else {
+        eprintln!("skipped: this kernel does not report THP_enabled");
+        return;
+    };
+    assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+}
+
 #[test]
 fn the_watchdog_is_fed_only_while_frames_arrive_and_sigterm_cleans_up() {
     let server = server();
