@@ -23,7 +23,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use voxgate::audio::Frame;
 use voxgate::config::{Config, FilePacing};
-use voxgate::session::client::{self, Params, Reporter};
+use voxgate::session::Reporter;
+use voxgate::session::connect::Params;
+use voxgate::session::run as client;
 use voxgate::session::protocol::ClientMessage;
 use voxgate::session::{EndReason, SessionQueue, SessionRequest, State, Trigger};
 

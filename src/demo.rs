@@ -24,8 +24,18 @@ pub struct Outcome {
     pub record_dir: PathBuf,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Audio(#[from] crate::audio::AudioError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
+}
+
 /// Runs the demo, printing the timeline to `out`.
-pub fn run(file: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+pub fn run(file: Option<&Path>, out: &mut dyn Write) -> Result<Outcome, DemoError> {
     let dir = tempfile::Builder::new().prefix("voxgate-demo-").tempdir()?.keep();
     let wav = match file {
         Some(p) => p.to_path_buf(),
@@ -118,7 +128,7 @@ fn print_event(out: &mut dyn Write, e: &Event) -> std::io::Result<()> {
             s.frames_sent,
             s.frames_dropped
         ),
-        Event::State { .. } => Ok(()),
+        Event::State { .. } | Event::Lagged { .. } => Ok(()),
         Event::Error { message } => writeln!(out, "           error: {message}"),
     }
 }

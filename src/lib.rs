@@ -10,11 +10,11 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod fault;
 pub mod logging;
 pub mod record;
 pub mod serve;
 pub mod session;
-pub mod systemd;
 pub mod wake;
 
 /// Process exit codes (DESIGN: CLI).

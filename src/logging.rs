@@ -21,9 +21,16 @@ pub struct LogHandle {
 }
 
 impl LogHandle {
-    pub fn set_level(&self, level: &str) -> Result<(), String> {
-        let filter = EnvFilter::builder().parse(level).map_err(|e| format!("log.level {level:?}: {e}"))?;
-        self.filter.reload(filter).map_err(|e| e.to_string())
+    /// Parses a level filter without applying it (a reload prepares before it switches).
+    pub fn parse_level(&self, level: &str) -> Result<EnvFilter, String> {
+        EnvFilter::builder().parse(level).map_err(|e| format!("{level:?}: {e}"))
+    }
+
+    /// Applies a filter from [`LogHandle::parse_level`].
+    pub fn set_filter(&self, filter: EnvFilter) {
+        if let Err(e) = self.filter.reload(filter) {
+            tracing::warn!("cannot change the log level: {e}");
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::session::client::ws_config;
+use crate::session::connect::ws_config;
 use crate::session::protocol::{ClientMessage, msgpack_to_json};
 use crate::session::segment::{VAD_CHUNK_MS, Vad};
 
@@ -77,11 +77,55 @@ fn reply(v: serde_json::Value) -> Message {
     Message::Binary(Bytes::from(rmp_serde::to_vec_named(&v).expect("JSON values encode")))
 }
 
-async fn session(tcp: TcpStream, dir: Option<&Path>) -> anyhow::Result<Record> {
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("unreadable message: {0}")]
+    Message(String),
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// A session's WAV file, written on a blocking thread of its own so the runtime never waits on the disk.
+struct Recorder {
+    samples: std::sync::mpsc::Sender<Vec<i16>>,
+    done: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Recorder {
+    fn start(path: PathBuf, sample_rate: u32) -> Recorder {
+        let (samples, rx) = std::sync::mpsc::channel::<Vec<i16>>();
+        let done = tokio::task::spawn_blocking(move || {
+            let failed = |e: hound::Error| ServeError::Write { path: path.clone(), reason: e.to_string() };
+            let spec = hound::WavSpec { channels: 1, sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+            let mut w = hound::WavWriter::create(&path, spec).map_err(failed)?;
+            for chunk in rx {
+                for s in chunk {
+                    w.write_sample(s).map_err(failed)?;
+                }
+            }
+            w.finalize().map_err(failed)
+        });
+        Recorder { samples, done }
+    }
+
+    fn push(&self, pcm: Vec<i16>) {
+        // A writer that failed reports it from `finish`.
+        let _ = self.samples.send(pcm);
+    }
+
+    async fn finish(self) -> Result<(), ServeError> {
+        drop(self.samples);
+        self.done.await.map_err(|e| ServeError::Write { path: PathBuf::new(), reason: e.to_string() })?
+    }
+}
+
+async fn session(tcp: TcpStream, dir: Option<&Path>) -> Result<Record, ServeError> {
     let _ = tcp.set_nodelay(true);
     let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config())).await?;
     let mut record = Record::default();
-    let mut wav: Option<hound::WavWriter<std::io::BufWriter<std::fs::File>>> = None;
+    let mut wav: Option<Recorder> = None;
     let mut vad = Vad::default();
     let mut speech_chunks = 0u64;
     let mut frame_ms = 20u64;
@@ -99,8 +143,7 @@ async fn session(tcp: TcpStream, dir: Option<&Path>) -> anyhow::Result<Record> {
                 frame_ms = f as u64;
                 if let Some(d) = dir {
                     let path = d.join(format!("{session}.wav"));
-                    let spec = hound::WavSpec { channels: 1, sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
-                    wav = Some(hound::WavWriter::create(&path, spec)?);
+                    wav = Some(Recorder::start(path.clone(), sample_rate));
                     record.wav = Some(path);
                 }
             }
@@ -111,12 +154,10 @@ async fn session(tcp: TcpStream, dir: Option<&Path>) -> anyhow::Result<Record> {
                 next_seq = seq + 1;
                 record.frames += 1;
                 let samples: Vec<i16> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
-                if let Some(w) = wav.as_mut() {
-                    for s in &samples {
-                        w.write_sample(*s)?;
-                    }
-                }
                 speech_chunks += vad.push(&samples).1 as u64;
+                if let Some(w) = &wav {
+                    w.push(samples);
+                }
                 record.audio_ms = record.frames * frame_ms;
                 record.speech_ms = speech_chunks * VAD_CHUNK_MS;
                 if record.frames % PARTIAL_EVERY == 0 {
@@ -137,14 +178,21 @@ async fn session(tcp: TcpStream, dir: Option<&Path>) -> anyhow::Result<Record> {
                 let _ = ws.close(None).await;
                 break;
             }
-            Err(e) => anyhow::bail!("unreadable message: {e}"),
+            Err(e) => return Err(ServeError::Message(e.to_string())),
         }
     }
     if let Some(w) = wav {
-        w.finalize()?;
+        w.finish().await?;
     }
     if let (Some(d), false) = (dir, record.session.is_empty()) {
-        std::fs::write(d.join(format!("{}.json", record.session)), serde_json::to_vec_pretty(&record)?)?;
+        let path = d.join(format!("{}.json", record.session));
+        let text = serde_json::to_vec_pretty(&record).map_err(|e| ServeError::Write { path: path.clone(), reason: e.to_string() })?;
+        let written = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || std::fs::write(path, text)
+        })
+        .await;
+        written.map_err(std::io::Error::other).and_then(|r| r).map_err(|e| ServeError::Write { path, reason: e.to_string() })?;
     }
     Ok(record)
 }

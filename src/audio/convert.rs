@@ -17,8 +17,17 @@ pub struct Converter {
     in_rate: u32,
     out_rate: u32,
     resampler: Option<Resampling>,
+    out: Framer,
+    /// Device frames lost and not yet turned into output samples (the fraction of one at a rate change).
+    lost_rem: u128,
+}
+
+/// Cuts output samples into frames, keeping frame boundaries where they would have been without losses.
+struct Framer {
     frame: Vec<i16>,
     frame_len: usize,
+    /// Output samples to throw away before the next frame starts: the rest of a frame slot a loss cut into.
+    discard: usize,
 }
 
 struct Resampling {
@@ -50,9 +59,30 @@ impl Converter {
             in_rate,
             out_rate,
             resampler,
-            frame: Vec::with_capacity(frame_len),
-            frame_len,
+            out: Framer { frame: Vec::with_capacity(frame_len), frame_len, discard: 0 },
+            lost_rem: 0,
         })
+    }
+
+    /// `device_frames` of input were lost before the next `push` (a capture ring that overflowed). Returns how
+    /// many whole output frames that costs: the partial frame in progress is thrown away, and so is the rest of
+    /// the frame slot the loss ends in, so that the frames after it start where they would have started and
+    /// their sequence numbers still tell their place in time. The caller advances its sequence by the result.
+    pub fn gap(&mut self, device_frames: u64) -> u64 {
+        let scaled = device_frames as u128 * self.out_rate as u128 + self.lost_rem;
+        self.lost_rem = scaled % self.in_rate as u128;
+        let lost_out = (scaled / self.in_rate as u128) as i128;
+        let len = self.out.frame_len as i128;
+        // Where the audio after the loss falls, counted from the start of the slot the next frame fills.
+        let at = self.out.frame.len() as i128 - self.out.discard as i128 + lost_out;
+        self.out.frame.clear();
+        if at <= 0 {
+            self.out.discard = (-at) as usize;
+            return 0;
+        }
+        let slots = (at + len - 1) / len;
+        self.out.discard = (slots * len - at) as usize;
+        slots as u64
     }
 
     /// Feeds interleaved samples (a whole number of device frames). `emit` receives each complete frame and
@@ -70,7 +100,7 @@ impl Converter {
 
     fn push_mono(&mut self, sample: f32, emit: &mut dyn FnMut(Vec<i16>) -> bool) -> bool {
         let Some(r) = self.resampler.as_mut() else {
-            return push_out(&mut self.frame, self.frame_len, sample, emit);
+            return self.out.push(sample, emit);
         };
         r.input[0].push(sample);
         r.frames_in += 1;
@@ -83,7 +113,7 @@ impl Converter {
             Err(e) => unreachable!("resampler buffers sized by rubato: {e}"),
         };
         r.input[0].clear();
-        drain_output(r, produced, &mut self.frame, self.frame_len, emit)
+        drain_output(r, produced, &mut self.out, emit)
     }
 
     /// Flushes the resampler's tail and pads the last partial frame with silence. Call once at end of input.
@@ -99,45 +129,45 @@ impl Converter {
                 };
                 r.input[0].clear();
                 let wanted = (expected - r.frames_out) as usize + r.skip;
-                if !drain_output(r, produced.min(wanted), &mut self.frame, self.frame_len, emit) {
+                if !drain_output(r, produced.min(wanted), &mut self.out, emit) {
                     return false;
                 }
             }
         }
-        if !self.frame.is_empty() {
-            self.frame.resize(self.frame_len, 0);
-            let full = std::mem::replace(&mut self.frame, Vec::with_capacity(self.frame_len));
+        if !self.out.frame.is_empty() {
+            self.out.frame.resize(self.out.frame_len, 0);
+            let full = std::mem::replace(&mut self.out.frame, Vec::with_capacity(self.out.frame_len));
             return emit(full);
         }
         true
     }
 }
 
-fn drain_output(
-    r: &mut Resampling,
-    produced: usize,
-    frame: &mut Vec<i16>,
-    frame_len: usize,
-    emit: &mut dyn FnMut(Vec<i16>) -> bool,
-) -> bool {
+fn drain_output(r: &mut Resampling, produced: usize, out: &mut Framer, emit: &mut dyn FnMut(Vec<i16>) -> bool) -> bool {
     let skip = r.skip.min(produced);
     r.skip -= skip;
     for &s in &r.output[0][skip..produced] {
         r.frames_out += 1;
-        if !push_out(frame, frame_len, s, emit) {
+        if !out.push(s, emit) {
             return false;
         }
     }
     true
 }
 
-fn push_out(frame: &mut Vec<i16>, frame_len: usize, sample: f32, emit: &mut dyn FnMut(Vec<i16>) -> bool) -> bool {
-    frame.push(to_i16(sample));
-    if frame.len() == frame_len {
-        let full = std::mem::replace(frame, Vec::with_capacity(frame_len));
-        return emit(full);
+impl Framer {
+    fn push(&mut self, sample: f32, emit: &mut dyn FnMut(Vec<i16>) -> bool) -> bool {
+        if self.discard > 0 {
+            self.discard -= 1;
+            return true;
+        }
+        self.frame.push(to_i16(sample));
+        if self.frame.len() == self.frame_len {
+            let full = std::mem::replace(&mut self.frame, Vec::with_capacity(self.frame_len));
+            return emit(full);
+        }
+        true
     }
-    true
 }
 
 /// f32 in [-1, 1) to i16, rounding and clipping.
@@ -177,6 +207,37 @@ mod tests {
         let mut conv = Converter::new(2, 8000, 8000, 4).unwrap();
         let frames = run(&mut conv, &input);
         assert_eq!(frames, vec![vec![to_i16(0.375), to_i16(-0.375), to_i16(0.5), 0]]);
+    }
+
+    #[test]
+    fn a_gap_costs_whole_frames_and_keeps_later_frames_in_their_slots() {
+        // Frame n of the source holds the value n in every sample: what comes out must keep that.
+        let source: Vec<f32> = (0..40u32).flat_map(|n| std::iter::repeat_n(n as f32 / 32768.0, 4)).collect();
+        let mut conv = Converter::new(1, 8000, 8000, 4).unwrap();
+        let mut out: Vec<(u64, Vec<i16>)> = Vec::new();
+        let mut seq = 0u64;
+        let mut emit = |f: Vec<i16>, seq: &mut u64| {
+            out.push((*seq, f));
+            *seq += 1;
+            true
+        };
+        // (source samples delivered, then samples lost): losses mid-frame, at a boundary, shorter than a frame,
+        // and two in a row.
+        let plan: &[(usize, usize)] = &[(6, 3), (7, 4), (8, 1), (2, 2), (1, 9), (37, 0)];
+        let mut at = 0;
+        for &(keep, lose) in plan {
+            conv.push(&source[at..at + keep], &mut |f| emit(f, &mut seq));
+            at += keep;
+            if lose > 0 {
+                seq += conv.gap(lose as u64);
+                at += lose;
+            }
+        }
+        assert_eq!(seq, 20, "seq counts every source frame, sent or lost");
+        assert!(out.len() >= 8, "{out:?}");
+        for (seq, frame) in &out {
+            assert_eq!(frame, &vec![*seq as i16; 4], "frame {seq} holds the audio of source frame {seq}");
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `audio.source = "default"` or a device id from `voxgate devices`: capture through cpal.
 //!
 //! Threads: cpal's own audio thread runs the data callback, which converts samples to f32 and pushes them
-//! into a lock-free ring (`rtrb`) without blocking or allocating, counts what did not fit, and unparks the
-//! capture thread. The capture thread (ours) owns the cpal stream, drains the ring through the [`Converter`]
+//! into a lock-free ring (`rtrb`) without blocking or allocating, and unparks the capture thread. What did
+//! not fit is not silently skipped: the callback notes where in the stream it was lost and how much, on a
+//! second small ring, and the capture thread turns each loss into whole frames that the frame numbers skip,
+//! so a session's server sees every capture loss as a gap in `seq`. The capture thread (ours) owns the cpal stream, drains the ring through the [`Converter`]
 //! into frames, and rebuilds the stream with capped exponential backoff when the device is missing, busy or
 //! lost. cpal's error callback only records the first error and unparks the capture thread: some backends
 //! call it in a busy loop once a device is gone, and the stream is dropped from outside.
@@ -208,8 +210,67 @@ struct Shared {
 struct Opened {
     stream: cpal::Stream,
     ring: rtrb::Consumer<f32>,
+    /// Where the callback lost samples, in stream order.
+    losses: rtrb::Consumer<Loss>,
     shared: Arc<Shared>,
     chosen: Chosen,
+}
+
+/// Device samples the data callback could not store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loss {
+    /// Position in the stream, in samples stored before it (all channels).
+    at: u64,
+    /// Samples lost there (all channels; a whole number of device frames).
+    samples: u64,
+}
+
+/// Losses noted between two reads of the capture thread: plenty, since adjacent ones merge.
+const LOSSES: usize = 64;
+
+/// The data callback's side of the rings: stores whole device frames, notes where it could not.
+struct Writer {
+    ring: rtrb::Producer<f32>,
+    losses: rtrb::Producer<Loss>,
+    channels: usize,
+    /// Samples stored so far.
+    stored: u64,
+    /// A loss not yet on the loss ring (it was full): merged with the next one, so it is late, never lost.
+    pending: Option<Loss>,
+}
+
+impl Writer {
+    fn write<T>(&mut self, data: &[T], stats: &super::AudioStats)
+    where
+        T: SizedSample,
+        f32: FromSample<T>,
+    {
+        let free = self.ring.slots().min(data.len());
+        let n = free - free % self.channels;
+        if let Ok(chunk) = self.ring.write_chunk_uninit(n) {
+            chunk.fill_from_iter(data[..n].iter().map(|s| f32::from_sample_(*s)));
+            self.stored += n as u64;
+        }
+        let lost = (data.len() - n) as u64;
+        if lost > 0 {
+            stats.ring_overflow_samples.fetch_add(lost, Ordering::Relaxed);
+            let here = Loss { at: self.stored, samples: lost };
+            self.pending = Some(match self.pending.take() {
+                Some(p) if p.at == here.at => Loss { at: p.at, samples: p.samples + lost },
+                // Audio was stored since the pending loss: it goes first, or (ring still full) takes this one in.
+                Some(p) => match self.losses.push(p) {
+                    Ok(()) => here,
+                    Err(_) => Loss { at: p.at, samples: p.samples + lost },
+                },
+                None => here,
+            });
+        }
+        if let Some(p) = self.pending {
+            if self.losses.push(p).is_ok() {
+                self.pending = None;
+            }
+        }
+    }
 }
 
 fn open(ctx: &SourceContext, name: &str) -> Result<Opened, DeviceError> {
@@ -226,6 +287,8 @@ fn open(ctx: &SourceContext, name: &str) -> Result<Opened, DeviceError> {
         offered: ranges.iter().map(|r| format!("{} {} ch {}-{} Hz", r.format, r.channels, r.min_rate, r.max_rate)).collect::<Vec<_>>().join(", "),
     })?;
     let (producer, ring) = rtrb::RingBuffer::new(chosen.rate as usize * chosen.channels as usize * RING_MS / 1000);
+    let (loss_tx, losses) = rtrb::RingBuffer::new(LOSSES);
+    let producer = Writer { ring: producer, losses: loss_tx, channels: chosen.channels as usize, stored: 0, pending: None };
     let shared = Arc::new(Shared { capture_thread: std::thread::current(), failed: AtomicBool::new(false), error: OnceLock::new() });
     let config = StreamConfig { channels: chosen.channels, sample_rate: chosen.rate, buffer_size: cpal::BufferSize::Default };
     let stream = match chosen.format {
@@ -239,7 +302,7 @@ fn open(ctx: &SourceContext, name: &str) -> Result<Opened, DeviceError> {
     }
     .map_err(|source| DeviceError::Open { device: label.clone(), chosen, source })?;
     stream.play().map_err(|source| DeviceError::Play { device: label, source })?;
-    Ok(Opened { stream, ring, shared, chosen })
+    Ok(Opened { stream, ring, losses, shared, chosen })
 }
 
 fn wanted_text(audio: &AudioConfig) -> String {
@@ -259,7 +322,7 @@ fn wanted_text(audio: &AudioConfig) -> String {
 fn build<T>(
     device: &cpal::Device,
     config: StreamConfig,
-    mut producer: rtrb::Producer<f32>,
+    mut producer: Writer,
     shared: &Arc<Shared>,
     ctx: &SourceContext,
 ) -> Result<cpal::Stream, cpal::Error>
@@ -273,13 +336,7 @@ where
     device.build_input_stream::<T, _, _>(
         config,
         move |data: &[T], _| {
-            let n = producer.slots().min(data.len());
-            if let Ok(chunk) = producer.write_chunk_uninit(n) {
-                chunk.fill_from_iter(data.iter().map(|s| f32::from_sample_(*s)));
-            }
-            if n < data.len() {
-                stats.ring_overflow_samples.fetch_add((data.len() - n) as u64, Ordering::Relaxed);
-            }
+            producer.write(data, &stats);
             data_shared.capture_thread.unpark();
         },
         move |e: cpal::Error| {
@@ -347,19 +404,32 @@ enum Ended {
 fn capture(ctx: &SourceContext, sink: &mut FrameSink, mut opened: Opened) -> Result<Ended, AudioError> {
     let chosen = opened.chosen;
     let mut conv = Converter::new(chosen.channels, chosen.rate, ctx.spec.sample_rate, ctx.spec.samples())?;
-    let mut emit = |pcm: Vec<i16>| sink.push(pcm);
+    let channels = chosen.channels as u64;
+    // Samples taken from the ring so far: the stream position losses are noted at.
+    let mut read = 0u64;
     loop {
         if ctx.stop.is_stopped() {
             return Ok(Ended::Stopped);
         }
-        let available = opened.ring.slots();
-        // Only whole device frames go to the converter.
-        let take = available - available % chosen.channels as usize;
+        // A loss noted where the capture thread has read up to: the frames it cost are skipped in `seq`.
+        if let Ok(loss) = opened.losses.peek().copied() {
+            if loss.at <= read {
+                let _ = opened.losses.pop();
+                sink.skip(conv.gap(loss.samples / channels));
+                continue;
+            }
+        }
+        let available = opened.ring.slots() as u64;
+        // Read up to the next loss at most, whole device frames only.
+        let upto = opened.losses.peek().map_or(available, |l| available.min(l.at - read));
+        let take = (upto - upto % channels) as usize;
         if take > 0 {
             let Ok(chunk) = opened.ring.read_chunk(take) else { continue };
             let (a, b) = chunk.as_slices();
+            let mut emit = |pcm: Vec<i16>| sink.push(pcm);
             let alive = conv.push(a, &mut emit) && conv.push(b, &mut emit);
             chunk.commit_all();
+            read += take as u64;
             if !alive {
                 return Ok(Ended::Stopped);
             }

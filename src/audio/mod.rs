@@ -61,9 +61,11 @@ impl FrameSpec {
 pub struct AudioStats {
     /// Frames handed to the consumer.
     pub frames: AtomicU64,
-    /// Frames dropped because the consumer was behind (live sources only).
+    /// Frames lost before the consumer got them (live sources only): dropped because the consumer was behind,
+    /// or cut by a capture ring overflow. Each one is a skipped `seq`.
     pub overruns: AtomicU64,
-    /// Device samples the capture callback could not store because its ring was full.
+    /// Device samples the capture callback could not store because its ring was full (their frames are in
+    /// `overruns`).
     pub ring_overflow_samples: AtomicU64,
     /// How many times the device was (re)opened.
     pub opens: AtomicU64,
@@ -142,6 +144,15 @@ impl FrameSink {
     }
 }
 
+impl FrameSink {
+    /// `frames` were lost before they became frames (a capture ring overflow): their numbers are skipped, so
+    /// whoever receives the frames after them sees the gap, and they are counted as overruns.
+    pub fn skip(&mut self, frames: u64) {
+        self.next_seq += frames;
+        self.stats.overruns.fetch_add(frames, Ordering::Relaxed);
+    }
+}
+
 /// Handle on a running source. Dropping it stops the source thread and joins it.
 pub struct AudioSource {
     /// Frames in capture order; closed when the source ends.
@@ -152,14 +163,17 @@ pub struct AudioSource {
     pub name: String,
     stop: Stop,
     thread: Option<JoinHandle<Result<(), AudioError>>>,
-    /// A thread blocked in `read(2)` on stdin cannot be interrupted; it is left to end with the process.
-    detach_on_drop: bool,
 }
 
 impl AudioSource {
     /// Asks the source to stop; frames already queued can still be received.
     pub fn stop(&self) {
         self.stop.stop();
+    }
+
+    /// A handle that stops the source from elsewhere (a signal handler's thread).
+    pub fn stopper(&self) -> Stop {
+        self.stop.clone()
     }
 
     /// Waits for the source thread to end and returns how it ended.
@@ -177,9 +191,7 @@ impl Drop for AudioSource {
     fn drop(&mut self) {
         self.stop.stop();
         if let Some(t) = self.thread.take() {
-            if !self.detach_on_drop {
-                let _ = t.join();
-            }
+            let _ = t.join();
         }
     }
 }
@@ -239,7 +251,6 @@ pub fn start(audio: &AudioConfig, clock: Arc<dyn Clock>) -> Result<AudioSource, 
         name,
         stop,
         thread: Some(thread),
-        detach_on_drop: matches!(source, SourceSpec::Stdin),
     })
 }
 

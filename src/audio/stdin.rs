@@ -1,25 +1,41 @@
 //! `audio.source = "stdin"`: raw s16le mono at `audio.sample_rate`, paced by whoever writes it. A live source:
-//! frames the consumer cannot take are dropped and counted. End of input ends the source.
+//! frames the consumer cannot take are dropped and counted. End of input ends the source. The thread waits
+//! for input and for its stop signal together (`poll`), so a stop never waits for the writer to send more.
 
-use std::io::{ErrorKind, Read};
+use std::os::fd::AsFd;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::{AudioError, FrameSink, SourceContext};
 
 pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioError> {
     ctx.stats.set_state(format!("reading raw s16le mono at {} Hz from stdin", ctx.spec.sample_rate));
+    let failed = |source| AudioError::Read { what: "stdin".into(), source };
     let samples = ctx.spec.samples();
     let mut buf = vec![0u8; samples * 2];
-    let mut stdin = std::io::stdin().lock();
+    // Read unbuffered, straight from the descriptor: a buffer could hold input that `poll` does not see.
+    let stdin = std::io::stdin();
     let mut filled = 0;
     loop {
-        let n = match stdin.read(&mut buf[filled..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(source) => return Err(AudioError::Read { what: "stdin".into(), source }),
+        let (readable, stopped) = {
+            let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN), PollFd::new(ctx.stop.fd().as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => (fds[0].any().unwrap_or(true), fds[1].any().unwrap_or(false)),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(failed(e.into())),
+            }
         };
-        if ctx.stop.is_stopped() {
+        if stopped || ctx.stop.is_stopped() {
             return Ok(());
         }
+        if !readable {
+            continue;
+        }
+        let n = match nix::unistd::read(stdin.as_fd(), &mut buf[filled..]) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+            Err(e) => return Err(failed(e.into())),
+        };
         if n == 0 {
             if filled > 0 {
                 // A partial last frame is padded with silence, like a file's.

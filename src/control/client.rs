@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use super::proto::{MAX_LINE, Reply, Request, Status};
+use crate::session::Event;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -46,6 +47,12 @@ impl Client {
         }
         let value = self.line()?.ok_or_else(|| self.protocol("the daemon closed the connection without a reply"))?;
         serde_json::from_value(value).map_err(|e| self.protocol(format!("unexpected reply: {e}")))
+    }
+
+    /// The next event after `subscribe`; `None` when the daemon closed the connection.
+    pub fn event(&mut self) -> Result<Option<Event>, ClientError> {
+        let Some(line) = self.line()? else { return Ok(None) };
+        serde_json::from_value(line).map(Some).map_err(|e| self.protocol(format!("not an event: {e}")))
     }
 
     /// The next line from the daemon as JSON; `None` when it closed the connection.
@@ -104,8 +111,9 @@ fn describe_status(s: &Status) -> String {
     out
 }
 
-/// An event line (`{"event":"wake",…}`), readable by people: the kind, then its fields.
-pub fn describe_event(event: &serde_json::Value) -> String {
+/// An event (`{"event":"wake",…}`), readable by people: the kind, then its fields.
+pub fn describe_event(event: &Event) -> String {
+    let event = serde_json::to_value(event).unwrap_or_default();
     let kind = event.get("event").and_then(|k| k.as_str()).unwrap_or("?");
     let mut line = kind.to_string();
     if let Some(fields) = event.as_object() {

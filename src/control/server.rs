@@ -301,7 +301,7 @@ impl Connection {
                 event = async { subscription.as_mut().expect("guarded").recv().await }, if subscription.is_some() => {
                     let line = match event {
                         Ok(e) => serde_json::to_value(&e),
-                        Err(broadcast::error::RecvError::Lagged(missed)) => Ok(serde_json::json!({"event": "lagged", "missed": missed})),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => serde_json::to_value(Event::Lagged { missed }),
                         Err(broadcast::error::RecvError::Closed) => break,
                     };
                     let Ok(line) = line else { continue };

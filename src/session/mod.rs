@@ -6,14 +6,18 @@
 //!   hands the queue to the supervisor as a [`SessionRequest`] on an mpsc channel (detector → supervisor).
 //!   Once the session is connected, a push also sends the frame, on the detector thread, when the connection
 //!   takes it without waiting ([`queue::Outlet`]); the session's writer task sends the rest.
-//! - The [`supervisor`] task owns the state machine; it runs one session at a time on its own task
-//!   ([`client`]), and ends it from the network side (server end, stop, shutdown) through the same queue.
+//! - The [`supervisor`] task owns the state machine and is the only writer of the daemon's [`State`]; it runs
+//!   one session at a time on its own task ([`run`], over a connection from [`connect`]), and ends it from the
+//!   network side (server end, stop, shutdown) through the same queue. The session task reports what happens
+//!   (events, its summary); it does not decide what comes next.
 //! - Everything that happens is published as an [`Event`] on a broadcast channel; subscribers (the demo, the
 //!   control socket) that fall behind miss events, they never slow the daemon.
 
-pub mod client;
+pub mod connect;
+mod outlet;
 pub mod protocol;
 pub mod queue;
+pub mod run;
 pub mod segment;
 pub mod supervisor;
 
@@ -93,8 +97,9 @@ pub struct SessionSummary {
     pub frames_abandoned: u64,
 }
 
-/// Everything observable, one JSON object per line on the control socket.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Everything observable, one JSON object per line on the control socket. The server writes these and the
+/// client (`voxgate events`) reads them with this one definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// `{"event":"wake","wakeword":"hey_jarvis","score":0.62,"t_ms":2440,"acted_on":true}`
@@ -109,10 +114,13 @@ pub enum Event {
     State { state: State },
     /// `{"event":"error","message":"…"}`
     Error { message: String },
+    /// `{"event":"lagged","missed":12}`: this subscriber fell behind and missed that many events. Only the
+    /// control socket sends it, to the subscriber concerned.
+    Lagged { missed: u64 },
 }
 
 /// The supervisor's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Listening,
@@ -132,6 +140,26 @@ impl State {
             State::Streaming => "streaming",
             State::Draining => "draining",
             State::Backoff => "backoff",
+        }
+    }
+}
+
+/// Publishes events and state changes.
+#[derive(Clone)]
+pub struct Reporter {
+    pub events: tokio::sync::broadcast::Sender<Event>,
+    pub state: Arc<tokio::sync::watch::Sender<State>>,
+}
+
+impl Reporter {
+    pub fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    pub fn set_state(&self, s: State) {
+        if self.state.send_replace(s) != s {
+            tracing::debug!(state = s.as_str(), "state");
+            self.emit(Event::State { state: s });
         }
     }
 }

@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{self, Params, Reporter};
-use super::{EndReason, Event, SessionRequest, SessionSummary, State};
+use super::connect::Params;
+use super::{EndReason, Event, Reporter, SessionRequest, SessionSummary, State};
 
 pub const BACKOFF_START: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -55,6 +55,8 @@ pub struct Supervisor {
     /// The totals as of the last finished session, for `status`.
     published: watch::Sender<Totals>,
     muted: bool,
+    /// Debug builds: panic at the first request (see [`crate::fault`]).
+    fault: bool,
 }
 
 struct Active {
@@ -67,7 +69,7 @@ struct Active {
 impl Supervisor {
     pub fn new(params: Params, reporter: Reporter, requests: mpsc::Receiver<SessionRequest>, commands: mpsc::Receiver<Command>) -> Self {
         let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-        Supervisor { params, reporter, requests, commands, seed, totals: Totals::default(), published: watch::Sender::new(Totals::default()), muted: false }
+        Supervisor { params, reporter, requests, commands, seed, totals: Totals::default(), published: watch::Sender::new(Totals::default()), muted: false, fault: crate::fault::armed(crate::fault::SUPERVISOR_PANIC) }
     }
 
     /// The totals, updated after each session.
@@ -91,7 +93,7 @@ impl Supervisor {
         let queue = req.queue.clone();
         let (params, reporter) = (self.params.clone(), self.reporter.clone());
         let span = tracing::info_span!("session", session = %req.session);
-        let task = tokio::spawn(async move { client::run(&params, req, &reporter).await }.instrument(span.clone()));
+        let task = tokio::spawn(async move { super::run::run(&params, req, &reporter).await }.instrument(span.clone()));
         Active { queue, task, span }
     }
 
@@ -121,6 +123,9 @@ impl Supervisor {
                         req.queue.finish(EndReason::Stopped);
                     }
                     Some(req) => {
+                        if self.fault {
+                            panic!("fault injected: {}", crate::fault::SUPERVISOR_PANIC);
+                        }
                         if let Some(old) = pending.replace(req) {
                             // Two waiting: the newer one wins.
                             old.queue.finish(EndReason::Stopped);

@@ -27,7 +27,7 @@ const PAD_MS: usize = 50;
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
     #[error("{path}: {source}")]
-    Read { path: PathBuf, source: anyhow::Error },
+    Read { path: PathBuf, source: audio::AudioError },
     #[error("{path}: {what}")]
     Sample { path: PathBuf, what: String },
     #[error("need at least one sample")]
@@ -53,10 +53,10 @@ pub struct SampleReport {
 /// Reads a WAV through the front end: mono 16-bit at 16 kHz.
 pub fn read_mono(path: &Path) -> Result<Vec<i16>, EnrollError> {
     let cfg = AudioConfig { source: format!("file:{}", path.display()), file_pacing: FilePacing::Fast, sample_rate: RATE, ..AudioConfig::default() };
-    let err = |e: anyhow::Error| EnrollError::Read { path: path.into(), source: e };
-    let source = audio::start(&cfg, SystemClock::shared()).map_err(|e| err(e.into()))?;
+    let err = |e| EnrollError::Read { path: path.into(), source: e };
+    let source = audio::start(&cfg, SystemClock::shared()).map_err(err)?;
     let pcm: Vec<i16> = source.frames.iter().flat_map(|f| f.pcm).collect();
-    source.join().map_err(|e| err(e.into()))?;
+    source.join().map_err(err)?;
     Ok(pcm)
 }
 

@@ -6,8 +6,9 @@
 //! async runtime: frames come in from the audio source's channel, [`Detection`]s go out to the supervisor.
 
 pub mod enroll;
-pub mod test;
 pub mod gate;
+pub mod listener;
+pub mod test;
 
 use std::collections::VecDeque;
 

@@ -7,8 +7,16 @@ use super::{Detection, Detector, DetectorStats};
 use crate::audio::{self, FrameSpec, SystemClock};
 use crate::config::{Config, FilePacing};
 
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Wake(#[from] super::WakeError),
+    #[error(transparent)]
+    Audio(#[from] audio::AudioError),
+}
+
 /// Runs the detector of `config` over `file`, calling `on_detection` for each detection.
-pub fn scan(config: &Config, file: &Path, on_detection: &mut dyn FnMut(&Detection)) -> anyhow::Result<DetectorStats> {
+pub fn scan(config: &Config, file: &Path, on_detection: &mut dyn FnMut(&Detection)) -> Result<DetectorStats, ScanError> {
     let audio = crate::config::AudioConfig {
         source: format!("file:{}", file.display()),
         file_pacing: FilePacing::Fast,

@@ -166,6 +166,8 @@ struct TestServer {
     resume: Arc<tokio::sync::Notify>,
     received: Arc<AtomicU64>,
     seqs: tokio::sync::mpsc::UnboundedReceiver<(Vec<u64>, Option<serde_json::Value>)>,
+    /// Per session, each frame's `seq` and its samples.
+    audio: tokio::sync::mpsc::UnboundedReceiver<Vec<(u64, Vec<i16>)>>,
 }
 
 async fn test_server(how: Misbehave) -> TestServer {
@@ -179,12 +181,13 @@ async fn test_server(how: Misbehave) -> TestServer {
     let resume = Arc::new(tokio::sync::Notify::new());
     let received = Arc::new(AtomicU64::new(0));
     let (tx, seqs) = tokio::sync::mpsc::unbounded_channel();
+    let (audio_tx, audio) = tokio::sync::mpsc::unbounded_channel();
     let started = Arc::new(tokio::sync::Notify::new());
     let authorization = Arc::new(std::sync::Mutex::new(None));
     let (r, n, st, auth) = (resume.clone(), received.clone(), started.clone(), authorization.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (r, n, tx, st, auth) = (r.clone(), n.clone(), tx.clone(), st.clone(), auth.clone());
+            let (r, n, tx, st, auth, audio_tx) = (r.clone(), n.clone(), tx.clone(), st.clone(), auth.clone(), audio_tx.clone());
             tokio::spawn(async move {
                 #[allow(clippy::result_large_err)] // the signature tungstenite's accept_hdr_async asks for
                 let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
@@ -193,6 +196,7 @@ async fn test_server(how: Misbehave) -> TestServer {
                 };
                 let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else { return };
                 let mut seqs = Vec::new();
+                let mut frames = Vec::new();
                 let mut end = None;
                 let mut started = false;
                 while let Some(Ok(msg)) = ws.next().await {
@@ -205,8 +209,9 @@ async fn test_server(how: Misbehave) -> TestServer {
                                 r.notified().await;
                             }
                         }
-                        Ok(ClientMessage::Audio { seq, .. }) => {
+                        Ok(ClientMessage::Audio { seq, pcm }) => {
                             seqs.push(seq);
+                            frames.push((seq, pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()));
                             let count = n.fetch_add(1, Ordering::SeqCst) + 1;
                             let reply = |v: serde_json::Value| Message::Binary(Bytes::from(rmp_serde::to_vec_named(&v).unwrap()));
                             match (how, count) {
@@ -243,12 +248,13 @@ async fn test_server(how: Misbehave) -> TestServer {
                     }
                 }
                 if started {
+                    let _ = audio_tx.send(frames);
                     let _ = tx.send((seqs, end));
                 }
             });
         }
     });
-    TestServer { url, started, authorization, resume, received, seqs }
+    TestServer { url, started, authorization, resume, received, seqs, audio }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,7 +527,7 @@ async fn first_live_session(
     let stop = CancellationToken::new();
     let daemon = voxgate::daemon::Daemon::new(config, stop.clone()).events(tx);
     let commands_tx = daemon.calls();
-    let daemon = tokio::spawn(daemon.run());
+    let daemon = tokio::spawn(daemon.run(None));
     let mut on_start = Some(on_start);
     let end = loop {
         match rx.recv().await.unwrap() {
@@ -604,7 +610,7 @@ async fn always_mode_opens_a_session_when_speech_starts_however_late() {
     assert!(first.0 > 6000 && first.0 < 8000, "the session starts with the speech, at {} ms", first.0);
 }
 
-/// A session opened by hand with no pre-roll, for running `client::run` on its own.
+/// A session opened by hand with no pre-roll, for running `session::run::run` on its own.
 fn manual_request(session: &str, queue: Arc<voxgate::session::SessionQueue>) -> voxgate::session::SessionRequest {
     voxgate::session::SessionRequest {
         trigger: voxgate::session::Trigger::Manual,
@@ -619,8 +625,8 @@ fn manual_request(session: &str, queue: Arc<voxgate::session::SessionQueue>) -> 
 }
 
 /// A reporter nobody listens to.
-fn quiet_reporter() -> voxgate::session::client::Reporter {
-    voxgate::session::client::Reporter {
+fn quiet_reporter() -> voxgate::session::Reporter {
+    voxgate::session::Reporter {
         events: tokio::sync::broadcast::channel(64).0,
         state: Arc::new(tokio::sync::watch::Sender::new(voxgate::session::State::Listening)),
     }
@@ -632,7 +638,8 @@ fn quiet_reporter() -> voxgate::session::client::Reporter {
 async fn connect_and_drain_deadlines_on_the_paused_clock() {
     use voxgate::audio::Frame;
     use voxgate::session::SessionQueue;
-    use voxgate::session::client::{self, Params};
+    use voxgate::session::connect::Params;
+    use voxgate::session::run as client;
     let reporter = quiet_reporter();
     let session = |queue: Arc<SessionQueue>| manual_request("paused", queue);
     let queued = || {
@@ -680,7 +687,8 @@ fn frames_leave_from_the_pushing_thread_while_the_runtime_is_busy() {
     use std::sync::mpsc;
     use voxgate::audio::Frame;
     use voxgate::session::SessionQueue;
-    use voxgate::session::client::{self, Params};
+    use voxgate::session::connect::Params;
+    use voxgate::session::run as client;
     const WAIT: Duration = Duration::from_secs(10);
 
     // A blocking server on a plain thread: it reports each audio frame's seq the moment it reads it.
@@ -739,4 +747,47 @@ fn frames_leave_from_the_pushing_thread_while_the_runtime_is_busy() {
     assert_eq!(summary.reason, EndReason::Silence, "{summary:?}");
     assert_eq!((summary.frames_sent, summary.frames_dropped), (7, 0));
     assert_eq!(heard.recv_timeout(WAIT), Ok(6));
+}
+
+/// A microphone far faster than real time loses audio at the capture ring and in the frame channel; every
+/// frame the server gets is still the source's frame of that number, and every loss is a counted `seq` gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_losses_are_seq_gaps_the_server_can_see() {
+    use crate::support::{FakeMic, NUMBERED, TestDaemon};
+    let mut server = test_server(Misbehave::Plain).await;
+    let mic = FakeMic::numbered();
+    let config = format!(
+        "[audio]\nsource = \"alsa:fakemic\"\n[wake]\nmode = \"manual\"\n[session]\nurl = \"{}\"\npreroll_ms = 0\nno_speech_ms = 60000\nmax_ms = 60000\n[log]\nformat = \"text\"\n",
+        server.url
+    );
+    let alsa = mic.alsa_config().display().to_string();
+    let d = tokio::task::spawn_blocking(move || TestDaemon::spawn(&config, false, &[("ALSA_CONFIG_PATH", alsa.as_str())])).await.unwrap();
+    let (d, code) = tokio::task::spawn_blocking(move || {
+        let (code, _) = d.cli(&["trigger"]);
+        (d, code)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    let frames = server.audio.recv().await.unwrap();
+    let (seqs, end) = server.seqs.recv().await.unwrap();
+    let end = end.expect("an end message");
+    assert_eq!(end["reason"], "max_duration", "{end}");
+    assert!(frames.len() > 100, "{} frames", frames.len());
+    // Sample value minus 320 × seq is the same for every sample of every frame the server got.
+    let offset = |seq: u64, i: usize, v: i16| (v as i64 - (seq as i64 * 320 + i as i64)).rem_euclid(NUMBERED);
+    let base = offset(frames[0].0, 0, frames[0].1[0]);
+    for (seq, pcm) in &frames {
+        assert_eq!(pcm.len(), 320);
+        for (i, &v) in pcm.iter().enumerate() {
+            assert_eq!(offset(*seq, i, v), base, "frame {seq}, sample {i} is not the source's frame {seq}");
+        }
+    }
+    let gaps: u64 = seqs.windows(2).map(|w| w[1] - w[0] - 1).sum::<u64>() + seqs[0];
+    assert_eq!(end["frames_dropped"].as_u64(), Some(gaps), "{end}");
+    assert_eq!(end["frames_sent"].as_u64(), Some(seqs.len() as u64), "{end}");
+    // The capture ring and the frame channel both lost audio here, and said so.
+    let status = tokio::task::spawn_blocking(move || d.status()).await.unwrap();
+    eprintln!("{status}");
+    assert!(status["counters"]["overruns"].as_u64().unwrap() > 0, "{status}");
 }

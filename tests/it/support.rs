@@ -1,13 +1,18 @@
 //! Shared test helpers: the voxgate binary, WAV fixtures, and a fake ALSA microphone.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use serde_json::Value;
 
 pub fn voxgate() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_voxgate"));
@@ -48,6 +53,9 @@ pub fn noise(n: usize, seed: u64) -> Vec<i16> {
         .collect()
 }
 
+/// The period of [`FakeMic::numbered`]'s sample values.
+pub const NUMBERED: i64 = 32000;
+
 /// A fake microphone: ALSA's `file` plugin reading a FIFO that a thread fills at a fixed multiple of real
 /// time. The ALSA configuration replaces the system one for the child processes it is given to.
 pub struct FakeMic {
@@ -62,6 +70,31 @@ impl FakeMic {
     /// `data` is raw audio in the format the device will be opened with; `chunk` bytes are written every
     /// `tick`. After the data, silence follows until the mic is dropped.
     pub fn new(data: Vec<u8>, chunk: usize, tick: Duration) -> FakeMic {
+        let ticks = crossbeam_channel::tick(tick);
+        let silence = vec![0u8; chunk];
+        FakeMic::with_writer(move |pos| {
+            let _ = ticks.recv();
+            let piece = if pos < data.len() { &data[pos..(pos + chunk).min(data.len())] } else { &silence[..] };
+            let mut buf = piece.to_vec();
+            buf.resize(chunk, 0);
+            (buf, pos + chunk >= data.len())
+        })
+    }
+
+    /// A microphone that delivers as fast as it is read, far faster than real time: sample `i` of the stream
+    /// (counted from when the capture opened it) is `i % NUMBERED`, so any stretch of what it delivered tells
+    /// which stretch of the stream it is.
+    pub fn numbered() -> FakeMic {
+        FakeMic::with_writer(|pos| {
+            let first = pos / 2;
+            let buf: Vec<u8> = (first..first + 2048).flat_map(|i| ((i % NUMBERED as usize) as i16).to_le_bytes()).collect();
+            (buf, false)
+        })
+    }
+
+    /// `next(position)` gives the bytes to write at that byte position of the stream, and whether all of the
+    /// data has been written by then.
+    fn with_writer(mut next: impl FnMut(usize) -> (Vec<u8>, bool) + Send + 'static) -> FakeMic {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("mic.fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
@@ -76,8 +109,6 @@ impl FakeMic {
         let (s, path) = (stop.clone(), fifo.clone());
         let (finished_tx, finished) = crossbeam_channel::bounded(1);
         let writer = std::thread::spawn(move || {
-            let ticks = crossbeam_channel::tick(tick);
-            let silence = vec![0u8; chunk];
             // cpal opens the device more than once while probing it: each time the reader goes away, start over.
             // The audio before the signal is silence, so whatever a probe left in the pipe is silence too.
             while !s.load(Ordering::Acquire) {
@@ -87,17 +118,14 @@ impl FakeMic {
                     if s.load(Ordering::Acquire) {
                         return;
                     }
-                    let piece = if pos < data.len() { &data[pos..(pos + chunk).min(data.len())] } else { &silence[..] };
-                    let mut buf = piece.to_vec();
-                    buf.resize(chunk, 0);
+                    let (buf, done) = next(pos);
                     if f.write_all(&buf).is_err() {
                         break;
                     }
-                    pos += chunk;
-                    if pos >= data.len() {
+                    pos += buf.len();
+                    if done {
                         let _ = finished_tx.try_send(());
                     }
-                    let _ = ticks.recv();
                 }
             }
         });
@@ -185,4 +213,226 @@ pub fn serve_child() -> ServeChild {
     std::io::BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let url = line.trim().strip_prefix("listening on ").expect(&line).to_string();
     ServeChild { _child: child, url }
+}
+
+/// Longest any single step may take before the test gives up (a deadline, not a wait).
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Feeds the daemon's stdin with quiet noise at real time, 20 ms at a time, until dropped; can be paused.
+pub struct Feeder {
+    pub paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Feeder {
+    fn new(mut stdin: ChildStdin) -> Feeder {
+        let paused = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (paused.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Real-time pacing stands in for a microphone's clock.
+            let tick = crossbeam_channel::tick(Duration::from_millis(20));
+            let frame: Vec<u8> = noise(320, 7).iter().flat_map(|s| (s / 200).to_le_bytes()).collect();
+            while !s.load(Ordering::Relaxed) {
+                let _ = tick.recv();
+                if !p.load(Ordering::Relaxed) && stdin.write_all(&frame).is_err() {
+                    return;
+                }
+            }
+        });
+        Feeder { paused, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The real daemon (`voxgate run`) as a child process, with its own control socket, notify socket and
+/// configuration file. Started, it has sent READY=1; dropped, it is killed. Its log is kept, and shown when a
+/// wait for it fails.
+pub struct TestDaemon {
+    pub child: ChildGuard,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    notify: Receiver<String>,
+    /// Real-time quiet noise on its stdin, when it reads stdin.
+    pub feeder: Option<Feeder>,
+    log: Arc<Mutex<String>>,
+}
+
+impl TestDaemon {
+    /// On stdin fed with quiet noise, in manual mode, streaming to `url`; `extra` environment on top.
+    pub fn start(url: &str, extra: &[(&str, &str)]) -> TestDaemon {
+        TestDaemon::spawn(&config_text(url, "info"), true, extra)
+    }
+
+    /// With this configuration file; `feed`: its stdin gets real-time noise (else it is closed).
+    pub fn spawn(config_text: &str, feed: bool, extra: &[(&str, &str)]) -> TestDaemon {
+        TestDaemon::launch(config_text, feed, extra, true)
+    }
+
+    /// As [`TestDaemon::spawn`], without waiting for READY=1.
+    pub fn launch(config_text: &str, feed: bool, extra: &[(&str, &str)], ready: bool) -> TestDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        // Other users must reach the socket for the credential check to be what refuses them.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("control.sock");
+        let config = dir.path().join("voxgate.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let notify_socket = UnixDatagram::bind(&notify_path).unwrap();
+        let (tx, notify) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = notify_socket.recv(&mut buf) {
+                if tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut cmd = voxgate();
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("VOXGATE_CONTROL__SOCKET", &socket)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(if feed { Stdio::piped() } else { Stdio::null() })
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = ChildGuard(cmd.spawn().unwrap());
+        let feeder = child.0.stdin.take().map(Feeder::new);
+        // Read its log as it comes, or the daemon would block once the pipe is full.
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.0.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut d = TestDaemon { child, dir, socket, config, notify, feeder, log };
+        if ready {
+            d.notified(|m| m.contains("READY=1"));
+        }
+        d
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for it to exit, at most `within`; its exit status.
+    pub fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        // A helper thread blocks until the child has exited without reaping it (WNOWAIT), so that this thread
+        // can wait on that with a deadline and then collect the status itself.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let pid = self.child.0.id() as libc::id_t;
+        std::thread::spawn(move || {
+            // SAFETY: a zeroed siginfo_t is a valid out-parameter; waitid only writes to it.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waits on our own child; WNOWAIT leaves it to be reaped by `try_wait` below.
+            unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            let _ = tx.send(());
+        });
+        if rx.recv_timeout(within).is_err() {
+            panic!("the daemon did not exit within {within:?}; its log:\n{}", self.log());
+        }
+        self.child.0.try_wait().unwrap().expect("exited")
+    }
+
+    /// Waits for the notify message `want` accepts; returns it.
+    pub fn notified(&mut self, want: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.notify.recv_timeout(PATIENCE) {
+                Ok(m) if want(m.trim_end()) => return m.trim_end().to_string(),
+                Ok(_) => {}
+                Err(e) => panic!("no such notify message ({e}); daemon log:\n{}", self.log.lock().unwrap()),
+            }
+        }
+    }
+
+    /// `voxgate <args> --socket S --json`: exit code and the JSON lines it printed.
+    pub fn cli(&self, args: &[&str]) -> (i32, Vec<Value>) {
+        let out = voxgate().args(args).arg("--socket").arg(&self.socket).arg("--json").output().unwrap();
+        let lines = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        (out.status.code().unwrap_or(-1), lines)
+    }
+
+    pub fn status(&self) -> Value {
+        let (code, lines) = self.cli(&["status"]);
+        assert_eq!(code, 0, "{lines:?}");
+        lines.into_iter().next().unwrap()
+    }
+
+    pub fn connect(&self) -> Raw {
+        Raw::new(UnixStream::connect(&self.socket).unwrap())
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.0.id() as i32, sig) };
+    }
+}
+
+/// The test daemon's configuration: stdin, manual mode, sessions that only `stop` ends.
+pub fn config_text(url: &str, level: &str) -> String {
+    format!(
+        "[audio]\nsource = \"stdin\"\n\n[wake]\nmode = \"manual\"\n\n[session]\nurl = \"{url}\"\nno_speech_ms = 60000\nmax_ms = 60000\n\n[log]\nlevel = \"{level}\"\nformat = \"text\"\n"
+    )
+}
+
+/// A raw connection to the control socket.
+pub struct Raw {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Raw {
+    pub fn new(stream: UnixStream) -> Raw {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Raw { reader: BufReader::new(stream.try_clone().unwrap()), stream }
+    }
+
+    pub fn send(&mut self, line: &[u8]) {
+        self.stream.write_all(line).unwrap();
+    }
+
+    pub fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    pub fn call(&mut self, req: Value) -> Value {
+        self.send(format!("{req}\n").as_bytes());
+        self.recv()
+    }
+
+    /// The next event line the predicate accepts.
+    pub fn event(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let e = self.recv();
+            if want(&e) {
+                return e;
+            }
+        }
+    }
+}
+
+
+pub fn is(kind: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |e| e["event"] == kind
 }

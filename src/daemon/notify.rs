@@ -1,5 +1,5 @@
 //! The service manager's side channel (sd_notify): READY, STATUS, WATCHDOG, RELOADING, STOPPING. Without
-//! `NOTIFY_SOCKET` (not under systemd) every call does nothing.
+//! `NOTIFY_SOCKET` (not under systemd) every call does nothing. When each is sent is [`super::health`]'s call.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The command line, shared by the binary and by the man page and completion generators.
+//! The command line's shape (clap), shared by the binary and by the man page and completion generators.
 
 use std::path::PathBuf;
 
@@ -114,18 +114,3 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
-/// Writes `voxgate.1` and completions for bash, zsh and fish into `dir` (the Debian package ships them).
-pub fn write_assets(dir: &std::path::Path) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    std::fs::create_dir_all(dir)?;
-    let cmd = Cli::command();
-    let mut man = Vec::new();
-    clap_mangen::Man::new(cmd.clone()).render(&mut man)?;
-    std::fs::write(dir.join("voxgate.1"), man)?;
-    for (shell, name) in [(clap_complete::Shell::Bash, "voxgate.bash"), (clap_complete::Shell::Zsh, "_voxgate"), (clap_complete::Shell::Fish, "voxgate.fish")] {
-        let mut out = Vec::new();
-        clap_complete::generate(shell, &mut cmd.clone(), "voxgate", &mut out);
-        std::fs::write(dir.join(name), out)?;
-    }
-    Ok(())
-}

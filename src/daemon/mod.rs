@@ -1,0 +1,272 @@
+//! `voxgate run`: wires the audio source, the detector thread, the session supervisor and the control socket
+//! together, and runs until the source ends (a file, or stdin at EOF) or `shutdown` is cancelled (a signal).
+//!
+//! Owners (see the picture in `lib.rs`):
+//! - the source thread owns capture; its frames (crossbeam, bounded) go to the detector thread;
+//! - the detector thread ([`Listener`]) owns detection, the pre-roll and the open session's feed; it sends
+//!   [`SessionRequest`]s to the supervisor (tokio mpsc, bounded, never waited on) and drops that sender when it
+//!   ends, which tells the supervisor the source has ended;
+//! - the supervisor task alone owns the session state machine and the daemon's [`State`]; it takes
+//!   [`Command`]s (mpsc) from the daemon task;
+//! - the daemon task (here, and [`control`]) answers [`Call`]s from the control socket and the signal thread,
+//!   runs reloads, and tells the service manager how things are ([`health`]);
+//! - everyone publishes [`Event`]s on one broadcast channel; subscribers that fall behind miss events.
+//!
+//! A thread or task that dies is an error: a panic of the detector thread or the supervisor, or a capture
+//! device that stops without being told to, makes `run` return an error naming it (exit 1, so systemd's
+//! `Restart=on-failure` restarts the service), never a quiet end of source.
+
+mod control;
+pub mod health;
+pub mod notify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::audio::{self, AudioError, FrameSpec, SystemClock};
+use crate::config::{Config, SourceSpec, WakeMode};
+use crate::control::server::{Call, Listener as ControlListener};
+use crate::logging::LogHandle;
+use crate::session::connect::{Params, ParamsError};
+use crate::session::supervisor::{Supervisor, Totals};
+use crate::session::{Event, Reporter, State};
+use crate::wake::listener::{self, Listener, ListenerError};
+use crate::wake::{Detector, DetectorStats, WakeError};
+pub use control::ReloadError;
+use health::{Health, Pulse};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+    #[error(transparent)]
+    Wake(#[from] WakeError),
+    #[error(transparent)]
+    Session(#[from] ParamsError),
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error("the {what} panicked: {message}")]
+    Panicked { what: &'static str, message: String },
+    #[error("{source_name} stopped delivering audio without being asked to")]
+    SourceStopped { source_name: String },
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Summary {
+    pub frames: u64,
+    pub audio_ms: u64,
+    pub overruns: u64,
+    pub detector: Option<DetectorStats>,
+    pub sessions: Totals,
+}
+
+/// Session requests waiting for the supervisor.
+const REQUESTS_QUEUE: usize = 4;
+/// Events kept for a subscriber that is behind: each subscriber's bounded queue.
+pub const EVENTS_QUEUE: usize = 1024;
+/// Calls waiting for the daemon task.
+const CALLS_QUEUE: usize = 16;
+/// Commands waiting for the supervisor.
+const COMMANDS_QUEUE: usize = 8;
+
+/// Re-reads the configuration for a reload (the file given at start, with the environment on top).
+pub type Loader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// Runs the daemon, without a control socket, until the source ends or `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Summary, DaemonError> {
+    Daemon::new(config, shutdown).run(None).await
+}
+
+/// [`run`], publishing on `events` (subscribe before calling to see everything).
+pub async fn run_with_events(config: Config, shutdown: CancellationToken, events: broadcast::Sender<Event>) -> Result<Summary, DaemonError> {
+    Daemon::new(config, shutdown).events(events).run(None).await
+}
+
+/// A daemon about to run, with what it is wired to.
+pub struct Daemon {
+    config: Config,
+    shutdown: CancellationToken,
+    events: broadcast::Sender<Event>,
+    calls: (mpsc::Sender<Call>, mpsc::Receiver<Call>),
+    loader: Option<Loader>,
+    log: Option<LogHandle>,
+    config_file: Option<PathBuf>,
+}
+
+impl Daemon {
+    pub fn new(config: Config, shutdown: CancellationToken) -> Daemon {
+        Daemon {
+            config,
+            shutdown,
+            events: broadcast::channel(EVENTS_QUEUE).0,
+            calls: mpsc::channel(CALLS_QUEUE),
+            loader: None,
+            log: None,
+            config_file: None,
+        }
+    }
+
+    /// Publishes events on `events` instead of a channel of its own.
+    pub fn events(mut self, events: broadcast::Sender<Event>) -> Daemon {
+        self.events = events;
+        self
+    }
+
+    /// How reloads read the configuration; without one, a reload is refused.
+    pub fn loader(mut self, file: Option<PathBuf>, loader: Loader) -> Daemon {
+        self.config_file = file;
+        self.loader = Some(loader);
+        self
+    }
+
+    /// The logger whose level a reload may change.
+    pub fn log(mut self, log: LogHandle) -> Daemon {
+        self.log = Some(log);
+        self
+    }
+
+    /// Where to send requests, as the control socket does (the signal thread sends `reload` here on SIGHUP).
+    pub fn calls(&self) -> mpsc::Sender<Call> {
+        self.calls.0.clone()
+    }
+
+    /// Runs until the source ends or `shutdown` fires, serving `control` (already bound) if given.
+    pub async fn run(self, control: Option<ControlListener>) -> Result<Summary, DaemonError> {
+        let Daemon { config, shutdown, events, calls: (calls_tx, mut calls), loader, log, config_file } = self;
+        // Files are read, models loaded and the source opened off the runtime.
+        let prepared = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, DaemonError> {
+                let params = Params::new(&config)?;
+                let detector = build_detector(&config)?;
+                let source = audio::start(&config.audio, SystemClock::shared())?;
+                Ok((params, detector, source))
+            })
+            .await
+            .map_err(|e| DaemonError::Panicked { what: "start-up", message: e.to_string() })??
+        };
+        let (params, detector, source) = prepared;
+        tracing::info!(source = %source.name, "voxgate {} started, listening to {}", env!("CARGO_PKG_VERSION"), source.name);
+        let reporter = Reporter { events: events.clone(), state: Arc::new(watch::Sender::new(State::Listening)) };
+        let (requests_tx, requests) = mpsc::channel(REQUESTS_QUEUE);
+        let (first_frame_tx, mut first_frame) = oneshot::channel();
+        let detections = Arc::new(AtomicU64::new(0));
+        let listener = Listener::spawn(listener::Start {
+            config: config.clone(),
+            detector,
+            frames: source.frames.clone(),
+            requests: requests_tx,
+            reporter: reporter.clone(),
+            detections: detections.clone(),
+            first_frame: first_frame_tx,
+        })?;
+        let (commands_tx, commands) = mpsc::channel(COMMANDS_QUEUE);
+        let supervisor = Supervisor::new(params, reporter.clone(), requests, commands);
+        let totals = supervisor.totals();
+        let mut state = reporter.state.subscribe();
+        // The supervisor returns when the detector thread is done (the source ended, or the thread died) and its
+        // session drained, or on shutdown after ending the session.
+        let mut supervisor = tokio::spawn(supervisor.run(shutdown.clone()));
+        let server_stop = CancellationToken::new();
+        let server = control.map(|l| {
+            tracing::info!("control socket at {}", l.path.display());
+            tokio::spawn(crate::control::server::serve(l, calls_tx.clone(), events.clone(), state.clone(), server_stop.clone()))
+        });
+        drop(calls_tx);
+        let mut health = Health::new(notify::Notifier::from_env());
+        let mut ctl = control::Controller {
+            config,
+            config_file,
+            loader,
+            log,
+            source,
+            retired: (0, 0),
+            listener,
+            commands: commands_tx,
+            events,
+            state: state.clone(),
+            totals,
+            detections,
+            started: Instant::now(),
+            reload_error: None,
+        };
+        let watchdog_every = health.watchdog_interval();
+        let period = watchdog_every.unwrap_or(Duration::from_secs(3600));
+        let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let supervised = loop {
+            tokio::select! {
+                // The signal first: the supervisor sees it too, and may be done by the time this loop runs.
+                biased;
+                _ = shutdown.cancelled(), if !health.is_stopping() => health.stopping(),
+                t = &mut supervisor => break t,
+                _ = &mut first_frame, if !health.is_ready() => health.ready(&ctl.status_line()),
+                Some(call) = calls.recv() => ctl.handle(call, &health).await,
+                Ok(()) = state.changed() => health.status(&ctl.status_line()),
+                _ = watchdog.tick(), if watchdog_every.is_some() => {
+                    let pulse = Pulse { frames: ctl.counters().audio_frames, waiting: ctl.source.stats.waiting(), source: &ctl.source.name, status: ctl.status_line() };
+                    health.tick(pulse);
+                }
+            }
+        };
+        if shutdown.is_cancelled() {
+            health.stopping();
+        }
+        server_stop.cancel();
+        if let Some(server) = server {
+            // Its listener guard removes the socket file.
+            let _ = server.await;
+        }
+        let counters = ctl.counters();
+        let control::Controller { source, listener, config, .. } = ctl;
+        let stopped = shutdown.is_cancelled();
+        let live_device = matches!(config.audio.source_spec(), SourceSpec::Device(_));
+        let source_name = source.name.clone();
+        source.stop();
+        let (joined, detector) = tokio::task::spawn_blocking(move || {
+            let joined = source.join();
+            let detector = listener.join();
+            (joined, detector)
+        })
+        .await
+        .map_err(|e| DaemonError::Panicked { what: "shutdown", message: e.to_string() })?;
+        let totals = supervised.map_err(|e| DaemonError::Panicked { what: "supervisor task", message: join_message(e) })?;
+        let detector = detector?;
+        joined?;
+        if !stopped && live_device {
+            // A device source only ends when told to: anything else is a failure to restart from.
+            return Err(DaemonError::SourceStopped { source_name });
+        }
+        if !stopped {
+            tracing::info!(source = %source_name, "end of source");
+        }
+        let frame_ms = config.audio.frame_ms as u64;
+        let summary =
+            Summary { frames: counters.audio_frames, audio_ms: counters.audio_frames * frame_ms, overruns: counters.overruns, detector, sessions: totals };
+        tracing::info!(frames = summary.frames, overruns = summary.overruns, sessions = summary.sessions.sessions, "captured {} ms of audio", summary.audio_ms);
+        Ok(summary)
+    }
+}
+
+/// The panic message of a task that panicked, or why it ended otherwise.
+fn join_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(panic) => listener::panic_message(&panic),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The wake-word detector `config` asks for; none in `always` and `manual` modes.
+pub(crate) fn build_detector(config: &Config) -> Result<Option<Detector>, WakeError> {
+    let spec = FrameSpec::from_config(&config.audio);
+    match config.wake.mode {
+        WakeMode::Wakeword => Ok(Some(Detector::new(&config.wake, spec, config.session.preroll_ms)?)),
+        WakeMode::Always | WakeMode::Manual => Ok(None),
+    }
+}

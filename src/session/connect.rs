@@ -1,0 +1,201 @@
+//! Opening a session's connection: the parameters prepared once per configuration ([`Params`]: the URL, the
+//! bearer token read and checked, the TLS roots with `session.ca_file`), then TCP with a small send buffer and no
+//! Nagle, TLS through rustls, and the WebSocket handshake, all within `connect_timeout_ms`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use super::protocol::Codec;
+use crate::config::Config;
+
+/// Largest server message accepted: anything bigger ends the session.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// Kernel send buffer: about a quarter second of audio, so a stalled server cannot let seconds of stale audio
+/// pile up out of reach of the drop-oldest queue.
+pub const SEND_BUFFER: u32 = 8 * 1024;
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0} is not a usable URL")]
+    Url(String),
+    #[error("cannot resolve {host}: {source}")]
+    Resolve { host: String, source: std::io::Error },
+    #[error("cannot connect to {addr}: {source}")]
+    Tcp { addr: String, source: std::io::Error },
+    #[error("WebSocket handshake with {url} failed: {source}")]
+    Handshake { url: String, source: Box<tokio_tungstenite::tungstenite::Error> },
+    #[error("no answer from {url} within {ms} ms")]
+    Timeout { url: String, ms: u64 },
+}
+
+/// What is wrong with the session settings; each names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamsError {
+    #[error("session.url: {0:?} is not a usable URL")]
+    Url(String),
+    #[error("session.token_file: cannot read {path}: {source}")]
+    TokenRead { path: String, source: std::io::Error },
+    #[error("session.token_file: {path} holds no token")]
+    TokenEmpty { path: String },
+    #[error("session.token_file: the token in {path} has characters an HTTP header cannot carry (a line break inside it?)")]
+    TokenValue { path: String },
+    #[error("session.ca_file: cannot read {path}: {reason}")]
+    CaRead { path: String, reason: String },
+    #[error("session.ca_file: {path} holds no PEM certificate")]
+    NoCert { path: String },
+    #[error("session.ca_file: {path}: {reason}")]
+    BadCert { path: String, reason: String },
+    #[error("session.url: cannot set up TLS: {0}")]
+    Tls(String),
+}
+
+/// Everything needed to open sessions, prepared once from the configuration.
+#[derive(Clone)]
+pub struct Params {
+    pub url: url::Url,
+    pub codec: Codec,
+    /// `Bearer <token>`, read and checked once per configuration; marked sensitive, so never logged.
+    authorization: Option<HeaderValue>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    pub connect_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub sample_rate: u32,
+    pub frame_ms: u32,
+    pub host: String,
+}
+
+impl Params {
+    /// Reads the token and CA files: blocking work, to be done off the async runtime.
+    pub fn new(config: &Config) -> Result<Self, ParamsError> {
+        let s = &config.session;
+        let url = url::Url::parse(&s.url).map_err(|_| ParamsError::Url(s.url.clone()))?;
+        let authorization = if s.token_file.as_os_str().is_empty() { None } else { Some(authorization(&s.token_file)?) };
+        let tls = if url.scheme() == "wss" { Some(Arc::new(tls_config(&s.ca_file)?)) } else { None };
+        Ok(Params {
+            url,
+            codec: Codec { protocol: s.protocol },
+            authorization,
+            tls,
+            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            drain_timeout: Duration::from_millis(s.drain_timeout_ms),
+            sample_rate: config.audio.sample_rate,
+            frame_ms: config.audio.frame_ms,
+            host: hostname(),
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// The `Authorization` header for the token in `path`: one line; surrounding white space is ignored.
+fn authorization(path: &Path) -> Result<HeaderValue, ParamsError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ParamsError::TokenRead { path: shown.clone(), source })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ParamsError::TokenEmpty { path: shown });
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ParamsError::TokenValue { path: shown.clone() })?;
+    if token.contains(char::is_whitespace) {
+        return Err(ParamsError::TokenValue { path: shown });
+    }
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The system's roots, plus the certificates in `ca_file`.
+fn tls_config(ca_file: &Path) -> Result<rustls::ClientConfig, ParamsError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if !ca_file.as_os_str().is_empty() {
+        let path = ca_file.display().to_string();
+        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(ca_file)
+            .map_err(|e| ParamsError::CaRead { path: path.clone(), reason: e.to_string() })?
+            .collect::<Result<_, _>>()
+            .map_err(|e| ParamsError::CaRead { path: path.clone(), reason: e.to_string() })?;
+        if certs.is_empty() {
+            return Err(ParamsError::NoCert { path });
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| ParamsError::BadCert { path: path.clone(), reason: e.to_string() })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ParamsError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+}
+
+/// Opens the WebSocket, all of it within `connect_timeout`.
+pub async fn connect(p: &Params) -> Result<Socket, ConnectError> {
+    let url = p.url.as_str().to_string();
+    tokio::time::timeout(p.connect_timeout, open(p))
+        .await
+        .unwrap_or(Err(ConnectError::Timeout { url, ms: p.connect_timeout.as_millis() as u64 }))
+}
+
+async fn open(p: &Params) -> Result<Socket, ConnectError> {
+    let host = p.url.host_str().ok_or_else(|| ConnectError::Url(p.url.to_string()))?.trim_matches(['[', ']']).to_string();
+    let port = p.url.port_or_known_default().ok_or_else(|| ConnectError::Url(p.url.to_string()))?;
+    let addrs: Vec<_> =
+        tokio::net::lookup_host((host.as_str(), port)).await.map_err(|source| ConnectError::Resolve { host: host.clone(), source })?.collect();
+    let mut last = None;
+    let mut tcp = None;
+    for addr in addrs {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+        let result = async {
+            let socket = socket?;
+            socket.set_send_buffer_size(SEND_BUFFER)?;
+            let stream = socket.connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        }
+        .await;
+        match result {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(source) => last = Some(ConnectError::Tcp { addr: addr.to_string(), source }),
+        }
+    }
+    let tcp = tcp.ok_or_else(|| last.unwrap_or(ConnectError::Resolve { host: host.clone(), source: std::io::Error::other("no address") }))?;
+    let mut request = p.url.as_str().into_client_request().map_err(|e| ConnectError::Handshake { url: p.url.to_string(), source: Box::new(e) })?;
+    if let Some(value) = &p.authorization {
+        request.headers_mut().insert("Authorization", value.clone());
+    }
+    let connector = match &p.tls {
+        Some(cfg) => Connector::Rustls(cfg.clone()),
+        None => Connector::Plain,
+    };
+    let (ws, _) = tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config()), Some(connector))
+        .await
+        .map_err(|e| ConnectError::Handshake { url: p.url.to_string(), source: Box::new(e) })?;
+    Ok(ws)
+}
+
