@@ -401,43 +401,22 @@ enum Ended {
     Failed(String),
 }
 
-fn capture(ctx: &SourceContext, sink: &mut FrameSink, mut opened: Opened) -> Result<Ended, AudioError> {
-    let chosen = opened.chosen;
-    let mut conv = Converter::new(chosen.channels, chosen.rate, ctx.spec.sample_rate, ctx.spec.samples())?;
-    let channels = chosen.channels as u64;
-    // Samples taken from the ring so far: the stream position losses are noted at.
-    let mut read = 0u64;
+fn capture(ctx: &SourceContext, sink: &mut FrameSink, opened: Opened) -> Result<Ended, AudioError> {
+    let Opened { stream, ring, losses, shared, chosen } = opened;
+    let conv = Converter::new(chosen.channels, chosen.rate, ctx.spec.sample_rate, ctx.spec.samples())?;
+    let mut reader = Reader { ring, losses, channels: chosen.channels as u64, read: 0, conv };
     loop {
         if ctx.stop.is_stopped() {
             return Ok(Ended::Stopped);
         }
-        // A loss noted where the capture thread has read up to: the frames it cost are skipped in `seq`.
-        if let Ok(loss) = opened.losses.peek().copied() {
-            if loss.at <= read {
-                let _ = opened.losses.pop();
-                sink.skip(conv.gap(loss.samples / channels));
-                continue;
-            }
+        match reader.drain(sink) {
+            Drained::Stopped => return Ok(Ended::Stopped),
+            Drained::Some => continue,
+            Drained::Empty => {}
         }
-        let available = opened.ring.slots() as u64;
-        // Read up to the next loss at most, whole device frames only.
-        let upto = opened.losses.peek().map_or(available, |l| available.min(l.at - read));
-        let take = (upto - upto % channels) as usize;
-        if take > 0 {
-            let Ok(chunk) = opened.ring.read_chunk(take) else { continue };
-            let (a, b) = chunk.as_slices();
-            let mut emit = |pcm: Vec<i16>| sink.push(pcm);
-            let alive = conv.push(a, &mut emit) && conv.push(b, &mut emit);
-            chunk.commit_all();
-            read += take as u64;
-            if !alive {
-                return Ok(Ended::Stopped);
-            }
-            continue;
-        }
-        if opened.shared.failed.load(Ordering::Acquire) {
-            let message = opened.shared.error.get().cloned().unwrap_or_else(|| "stream error".into());
-            drop(opened.stream);
+        if shared.failed.load(Ordering::Acquire) {
+            let message = shared.error.get().cloned().unwrap_or_else(|| "stream error".into());
+            drop(stream);
             return Ok(Ended::Failed(message));
         }
         // Woken by the data callback, the error callback or stop.
@@ -445,9 +424,91 @@ fn capture(ctx: &SourceContext, sink: &mut FrameSink, mut opened: Opened) -> Res
     }
 }
 
+/// The capture thread's side of the rings: audio in stream order, each noted loss at its place.
+struct Reader {
+    ring: rtrb::Consumer<f32>,
+    losses: rtrb::Consumer<Loss>,
+    channels: u64,
+    /// Samples taken from the ring so far: the stream position losses are noted at.
+    read: u64,
+    conv: Converter,
+}
+
+enum Drained {
+    /// Audio or a loss was handled; there may be more.
+    Some,
+    /// Nothing to do until the callback stores more.
+    Empty,
+    /// Nobody takes frames any more.
+    Stopped,
+}
+
+impl Reader {
+    /// Turns what the rings hold up to the next loss into frames, or a loss the reading has reached into
+    /// skipped frame numbers.
+    fn drain(&mut self, sink: &mut FrameSink) -> Drained {
+        if let Ok(loss) = self.losses.peek().copied() {
+            if loss.at <= self.read {
+                let _ = self.losses.pop();
+                sink.skip(self.conv.gap(loss.samples / self.channels));
+                return Drained::Some;
+            }
+        }
+        let available = self.ring.slots() as u64;
+        let upto = self.losses.peek().map_or(available, |l| available.min(l.at - self.read));
+        let take = (upto - upto % self.channels) as usize;
+        if take == 0 {
+            return Drained::Empty;
+        }
+        let Ok(chunk) = self.ring.read_chunk(take) else { return Drained::Empty };
+        let (a, b) = chunk.as_slices();
+        let mut emit = |pcm: Vec<i16>| sink.push(pcm);
+        let alive = self.conv.push(a, &mut emit) && self.conv.push(b, &mut emit);
+        chunk.commit_all();
+        self.read += take as u64;
+        if alive { Drained::Some } else { Drained::Stopped }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_the_ring_could_not_hold_are_skipped_frame_numbers() {
+        // A ring of 10 stereo device frames, frames of 4 mono samples: device frame n carries the value n on both
+        // channels, so each output frame tells which stretch of the stream it is.
+        let (ring_tx, ring) = rtrb::RingBuffer::new(20);
+        let (loss_tx, losses) = rtrb::RingBuffer::new(LOSSES);
+        let mut writer = Writer { ring: ring_tx, losses: loss_tx, channels: 2, stored: 0, pending: None };
+        let mut reader = Reader { ring, losses, channels: 2, read: 0, conv: Converter::new(2, 8000, 8000, 4).unwrap() };
+        let stats = Arc::new(crate::audio::AudioStats::default());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut sink = FrameSink { tx, live: true, stats: stats.clone(), stop: crate::audio::Stop::new().unwrap(), next_seq: 0 };
+        let device = |from: u32, n: u32| -> Vec<i16> { (from..from + n).flat_map(|v| [v as i16, v as i16]).collect() };
+        let mut next = 0;
+        // Callbacks of 7 device frames, the reader taking what is there after every second one: the ring overflows.
+        for round in 0..12 {
+            writer.write(&device(next, 7), &stats);
+            next += 7;
+            if round % 2 == 1 {
+                while !matches!(reader.drain(&mut sink), Drained::Empty) {}
+            }
+        }
+        while !matches!(reader.drain(&mut sink), Drained::Empty) {}
+        let lost = stats.ring_overflow_samples.load(Ordering::Relaxed);
+        assert!(lost > 0, "the ring overflowed");
+        let frames: Vec<crate::audio::Frame> = rx.try_iter().collect();
+        assert!(frames.len() >= 4, "{frames:?}");
+        for f in &frames {
+            let want: Vec<i16> = (0..4).map(|i| (f.seq * 4 + i) as i16).collect();
+            assert_eq!(f.pcm, want, "frame {} holds device frames {}..{}", f.seq, f.seq * 4, f.seq * 4 + 4);
+        }
+        // Every frame number given out is a frame delivered or a frame counted lost.
+        let overruns = stats.overruns.load(Ordering::Relaxed);
+        assert!(overruns > 0);
+        assert_eq!(frames.len() as u64 + overruns, sink.next_seq);
+    }
 
     fn r(format: SampleFormat, channels: u16, min_rate: u32, max_rate: u32) -> ConfigRange {
         ConfigRange { format, channels, min_rate, max_rate }

@@ -165,6 +165,8 @@ pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> Sessio
     let mut reader_done = None;
     let mut early_sink = None;
     tokio::select! {
+        // The end first: a final reply that comes right after our end is the drain's, not a failure.
+        biased;
         _ = queue.wait_ended() => {}
         r = &mut reader => {
             let r = r.unwrap_or(ReaderEnd::Failed("reader task failed".into()));

@@ -749,8 +749,9 @@ fn frames_leave_from_the_pushing_thread_while_the_runtime_is_busy() {
     assert_eq!(heard.recv_timeout(WAIT), Ok(6));
 }
 
-/// A microphone far faster than real time loses audio at the capture ring and in the frame channel; every
-/// frame the server gets is still the source's frame of that number, and every loss is a counted `seq` gap.
+/// A microphone far faster than real time: every frame the server gets is the source's frame of that number,
+/// and every frame lost on the way (capture ring, frame channel, session queue) is a counted `seq` gap. How much
+/// is lost depends on the machine; the capture ring's part is also tested on its own, in `audio::device`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_losses_are_seq_gaps_the_server_can_see() {
     use crate::support::{FakeMic, NUMBERED, TestDaemon};
@@ -772,7 +773,7 @@ async fn capture_losses_are_seq_gaps_the_server_can_see() {
     let frames = server.audio.recv().await.unwrap();
     let (seqs, end) = server.seqs.recv().await.unwrap();
     let end = end.expect("an end message");
-    assert_eq!(end["reason"], "max_duration", "{end}");
+    assert!(end["reason"] == "no_speech" || end["reason"] == "max_duration", "{end}");
     assert!(frames.len() > 100, "{} frames", frames.len());
     // Sample value minus 320 × seq is the same for every sample of every frame the server got.
     let offset = |seq: u64, i: usize, v: i16| (v as i64 - (seq as i64 * 320 + i as i64)).rem_euclid(NUMBERED);
@@ -786,8 +787,7 @@ async fn capture_losses_are_seq_gaps_the_server_can_see() {
     let gaps: u64 = seqs.windows(2).map(|w| w[1] - w[0] - 1).sum::<u64>() + seqs[0];
     assert_eq!(end["frames_dropped"].as_u64(), Some(gaps), "{end}");
     assert_eq!(end["frames_sent"].as_u64(), Some(seqs.len() as u64), "{end}");
-    // The capture ring and the frame channel both lost audio here, and said so.
+    // What the source lost before the session's queue shows in its counters; the session's own count is above.
     let status = tokio::task::spawn_blocking(move || d.status()).await.unwrap();
-    eprintln!("{status}");
-    assert!(status["counters"]["overruns"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(status["counters"]["frames_dropped"].as_u64(), Some(gaps), "{status}");
 }

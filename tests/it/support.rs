@@ -85,10 +85,11 @@ impl FakeMic {
     /// (counted from when the capture opened it) is `i % NUMBERED`, so any stretch of what it delivered tells
     /// which stretch of the stream it is.
     pub fn numbered() -> FakeMic {
-        FakeMic::with_writer(|pos| {
-            let first = pos / 2;
-            let buf: Vec<u8> = (first..first + 2048).flat_map(|i| ((i % NUMBERED as usize) as i16).to_le_bytes()).collect();
-            (buf, false)
+        // Two periods of the numbering, so that any 64 KiB stretch of it is one slice.
+        let period: Vec<u8> = (0..2 * NUMBERED).flat_map(|i| ((i % NUMBERED) as i16).to_le_bytes()).collect();
+        FakeMic::with_writer(move |pos| {
+            let at = (pos / 2) % NUMBERED as usize * 2;
+            (period[at..at + 64 * 1024].to_vec(), false)
         })
     }
 
