@@ -199,3 +199,46 @@ async fn open(p: &Params) -> Result<Socket, ConnectError> {
     Ok(ws)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_and_ca_problems_name_their_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |token: Option<&str>, ca: Option<&str>| {
+            let mut config = Config::default();
+            config.session.url = "wss://speech.example/".into();
+            if let Some(t) = token {
+                let p = dir.path().join("token");
+                std::fs::write(&p, t).unwrap();
+                config.session.token_file = p;
+            }
+            if let Some(c) = ca {
+                let p = dir.path().join("ca.pem");
+                std::fs::write(&p, c).unwrap();
+                config.session.ca_file = p;
+            }
+            Params::new(&config).err().map(|e| e.to_string())
+        };
+        let cases = [
+            (with(Some("two\nlines\n"), None), "session.token_file"),
+            (with(Some("  \n"), None), "session.token_file"),
+            (with(None, Some("not a certificate")), "session.ca_file"),
+        ];
+        for (err, key) in cases {
+            let err = err.expect("refused");
+            assert!(err.starts_with(key), "{err}");
+        }
+        assert_eq!(with(Some("s3cret\n"), None), None);
+        // Read once: the header is ready, marked sensitive so that no log shows it.
+        let mut config = Config::default();
+        config.session.token_file = dir.path().join("token");
+        let p = Params::new(&config).unwrap();
+        let value = p.authorization.as_ref().unwrap();
+        assert_eq!(value.to_str().unwrap(), "Bearer s3cret");
+        assert!(value.is_sensitive());
+        assert!(!format!("{value:?}").contains("s3cret"));
+    }
+}

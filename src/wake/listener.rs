@@ -518,3 +518,57 @@ mod tests {
         assert_eq!((req.first_seq, req.preroll_ms, req.queue.len()), (40, 60, 3));
     }
 }
+
+#[cfg(test)]
+mod handle_tests {
+    use std::sync::Arc;
+
+    use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+    use super::*;
+    use crate::session::State;
+
+    fn listener() -> (Listener, crossbeam_channel::Sender<Frame>, mpsc::Receiver<SessionRequest>) {
+        let mut config = Config::default();
+        config.wake.mode = WakeMode::Manual;
+        let (frames_tx, frames) = crossbeam_channel::bounded(4);
+        let (requests, requests_rx) = mpsc::channel(4);
+        let reporter = Reporter { events: broadcast::channel(16).0, state: Arc::new(watch::Sender::new(State::Listening)) };
+        let start = Start {
+            config,
+            detector: None,
+            frames,
+            requests,
+            reporter,
+            detections: Arc::new(AtomicU64::new(0)),
+            first_frame: oneshot::channel().0,
+        };
+        (Listener::spawn(start).unwrap(), frames_tx, requests_rx)
+    }
+
+    #[tokio::test]
+    async fn commands_are_done_when_acknowledged_and_fail_when_the_thread_is_gone() {
+        let (listener, frames, _requests) = listener();
+        // Acknowledged means applied: a trigger right after a mute is refused for it.
+        listener.mute(true).await.unwrap();
+        let refused = listener.commands().unwrap().trigger().await.unwrap_err();
+        assert!(matches!(&refused, ListenerError::Refused(why) if why.contains("muted")), "{refused}");
+        listener.mute(false).await.unwrap();
+        listener.commands().unwrap().trigger().await.unwrap();
+        // The source ends: the thread ends, and a command says so instead of pretending.
+        drop(frames);
+        let commands = listener.commands().unwrap();
+        let stats = tokio::task::spawn_blocking(move || listener.join()).await.unwrap().unwrap();
+        assert_eq!(stats, None);
+        assert!(matches!(commands.mute(true).await, Err(ListenerError::Gone)));
+    }
+
+    #[test]
+    fn a_panic_on_the_thread_is_reported_by_join() {
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let thread = std::thread::spawn(|| -> Option<DetectorStats> { panic!("boom") });
+        let listener = Listener { commands: Some(Commands(tx)), thread: Some(thread) };
+        let e = listener.join().unwrap_err();
+        assert_eq!(e.to_string(), "the detector thread panicked: boom");
+    }
+}

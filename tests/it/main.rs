@@ -4,6 +4,7 @@ mod capture;
 mod interop;
 mod cli;
 mod control;
+mod daemon;
 mod files;
 mod sessions;
 mod support;
