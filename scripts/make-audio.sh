@@ -4,7 +4,7 @@
 #
 #   scripts/make-audio.sh            # everything below
 #
-# - assets/wake/train/*.wav: "hey jarvis" in 8 synthetic voices, the built-in wake word's samples
+# - tests/fixtures/wake/train/*.wav: "hey jarvis" in 8 synthetic voices, the built-in wake word's samples
 # - assets/hey_jarvis.rpw: built from them with `voxgate enroll`
 # - tests/fixtures/wake/*.wav + labels.tsv: streams in 6 OTHER voices with the wake word, confusable phrases
 #   and background noise, and where each phrase starts and ends
@@ -96,14 +96,14 @@ clips() {
 }
 
 make_training() {
-    clips "hey jarvis" assets/wake/train
+    clips "hey jarvis" tests/fixtures/wake/train
     # The confusable phrase, by the same voices: detections that match it better are rejected.
-    clips "hey travis" assets/wake/reject
+    clips "hey travis" tests/fixtures/wake/reject
     for f in assets/hey_jarvis.rpw assets/hey_jarvis_reject.rpw; do
         [ -s $f ] || : > $f   # the binary embeds them; any content builds
     done
-    cargo run --locked --quiet -- enroll --name hey_jarvis --out assets/hey_jarvis.rpw assets/wake/train/*.wav
-    cargo run --locked --quiet -- enroll --name not_hey_jarvis --out assets/hey_jarvis_reject.rpw assets/wake/reject/*.wav
+    cargo run --locked --quiet -- enroll --name hey_jarvis --out assets/hey_jarvis.rpw tests/fixtures/wake/train/*.wav
+    cargo run --locked --quiet -- enroll --name not_hey_jarvis --out assets/hey_jarvis_reject.rpw tests/fixtures/wake/reject/*.wav
 }
 
 # One test stream per test voice: wake word + command, the decoys, wake word + command, over noise.

@@ -158,7 +158,7 @@ fn live_capture_detects_what_the_file_does() {
 fn enroll_round_trip_and_bad_samples() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("mine.rpw");
-    let train = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/wake/train");
+    let train = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wake/train");
     let mut clips: Vec<_> = std::fs::read_dir(&train).unwrap().map(|e| e.unwrap().path()).collect();
     clips.sort();
     assert!(clips.len() >= 6);
