@@ -157,7 +157,9 @@ impl Reporter {
     }
 
     pub fn set_state(&self, s: State) {
-        if self.state.send_replace(s) != s {
+        // Only a change is news: watchers are not woken for the same state again.
+        let changed = self.state.send_if_modified(|current| std::mem::replace(current, s) != s);
+        if changed {
             tracing::debug!(state = s.as_str(), "state");
             self.emit(Event::State { state: s });
         }

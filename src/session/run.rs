@@ -21,7 +21,18 @@ use tracing::Instrument;
 use super::connect::{Params, connect};
 use super::outlet::{Direct, Wire};
 use super::protocol::{ClientMessage, Reply};
-use super::{EndReason, Event, Reporter, SessionRequest, SessionSummary, State};
+use tokio::sync::watch;
+
+use super::{EndReason, Event, Reporter, SessionRequest, SessionSummary};
+
+/// Where a running session is, as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Connecting,
+    Streaming,
+    /// The end is decided: sending what is queued and `end`, then waiting for the final reply.
+    Draining,
+}
 
 /// How the reader stopped.
 enum ReaderEnd {
@@ -33,6 +44,11 @@ enum ReaderEnd {
 /// Runs one session to its end; never fails, the summary says how it went. Run it inside a span that carries
 /// the session id: every line it logs, from all its tasks, then names the session.
 pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> SessionSummary {
+    run_reporting(p, req, reporter, &watch::Sender::new(Phase::Connecting)).await
+}
+
+/// [`run`], saying on `phase` where it is: the supervisor turns that into the daemon's state.
+pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter, phase: &watch::Sender<Phase>) -> SessionSummary {
     let session = req.session.clone();
     let started = Instant::now();
     let queue = req.queue.clone();
@@ -47,7 +63,7 @@ pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> Sessio
     });
     tracing::info!(event = "session_start", url = %url, trigger = ?req.trigger, wakeword = req.wakeword.as_deref(), preroll_ms = req.preroll_ms,
         "session {session} to {url}");
-    reporter.set_state(State::Connecting);
+    phase.send_replace(Phase::Connecting);
     let summary = |reason, detail: Option<String>, sent, abandoned| SessionSummary {
         session: session.clone(),
         reason,
@@ -64,7 +80,7 @@ pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> Sessio
             return summary(EndReason::Error, Some(e.to_string()), 0, queue.len() as u64);
         }
     };
-    reporter.set_state(State::Streaming);
+    phase.send_replace(Phase::Streaming);
     let (mut sink, mut stream) = ws.split();
     let start = ClientMessage::Start {
         proto: 1,
@@ -201,7 +217,7 @@ pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> Sessio
         }
     }
     let reason = queue.ended().unwrap_or(EndReason::Error);
-    reporter.set_state(State::Draining);
+    phase.send_replace(Phase::Draining);
     // Drain 1: what is queued, then our end.
     let mut abandoned = 0;
     let sink = match tokio::time::timeout(p.drain_timeout, &mut writer).await {

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::Params;
+use super::run::Phase;
 use super::{EndReason, Event, Reporter, SessionRequest, SessionSummary, State};
 
 pub const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -61,6 +62,8 @@ pub struct Supervisor {
 
 struct Active {
     queue: Arc<super::SessionQueue>,
+    /// What the session reports of itself.
+    phase: watch::Receiver<Phase>,
     task: JoinHandle<SessionSummary>,
     /// Every log line of the session carries its id (`VOXGATE_SESSION` in the journal).
     span: tracing::Span,
@@ -77,9 +80,10 @@ impl Supervisor {
         self.published.subscribe()
     }
 
-    /// The state to return to when nothing is going on.
-    fn idle(&self) -> State {
-        if self.muted { State::Muted } else { State::Listening }
+    /// Publishes the state that follows from what is going on (see [`state_of`]).
+    fn publish(&self, active: &Option<Active>, backing_off: bool) {
+        let phase = active.as_ref().map(|a| *a.phase.borrow());
+        self.reporter.set_state(state_of(self.muted, backing_off, phase));
     }
 
     fn jittered(&mut self, d: Duration) -> Duration {
@@ -93,13 +97,16 @@ impl Supervisor {
         let queue = req.queue.clone();
         let (params, reporter) = (self.params.clone(), self.reporter.clone());
         let span = tracing::info_span!("session", session = %req.session);
-        let task = tokio::spawn(async move { super::run::run(&params, req, &reporter).await }.instrument(span.clone()));
-        Active { queue, task, span }
+        let (phase_tx, phase) = watch::channel(Phase::Connecting);
+        let task = tokio::spawn(async move { super::run::run_reporting(&params, req, &reporter, &phase_tx).await }.instrument(span.clone()));
+        Active { queue, phase, task, span }
     }
 
     /// Runs until the requests channel closes (and the last session is done) or `shutdown` fires.
     pub async fn run(mut self, shutdown: CancellationToken) -> Totals {
         let mut active: Option<Active> = None;
+        // The running session's phase, watched apart from `active` so that both can be awaited at once.
+        let mut phase: Option<watch::Receiver<Phase>> = None;
         let mut pending: Option<SessionRequest> = None;
         let mut failures = 0u32;
         let backoff = tokio::time::sleep(Duration::ZERO);
@@ -107,11 +114,13 @@ impl Supervisor {
         let mut backing_off = false;
         let mut inputs_open = true;
         let mut commands_open = true;
-        self.reporter.set_state(State::Listening);
+        self.publish(&active, backing_off);
         loop {
             if active.is_none() && !backing_off {
                 if let Some(req) = pending.take() {
-                    active = Some(self.start(req));
+                    let started = self.start(req);
+                    phase = Some(started.phase.clone());
+                    active = Some(started);
                 } else if !inputs_open {
                     break;
                 }
@@ -144,18 +153,12 @@ impl Supervisor {
                         if matches!(cmd, Command::Mute) && !self.muted {
                             self.muted = true;
                             tracing::info!("muted: the microphone is ignored until unmuted");
-                            if active.is_none() && !backing_off {
-                                self.reporter.set_state(State::Muted);
-                            }
                         }
                     }
                     Some(Command::Unmute) => {
                         if self.muted {
                             self.muted = false;
                             tracing::info!("unmuted: listening again");
-                            if active.is_none() && !backing_off {
-                                self.reporter.set_state(State::Listening);
-                            }
                         }
                     }
                     Some(Command::Reconfigure(params)) => self.params = *params,
@@ -163,6 +166,7 @@ impl Supervisor {
                 },
                 done = async { active.as_mut().map(|a| &mut a.task).expect("guarded").await }, if active.is_some() => {
                     let span = active.take().map(|a| a.span).unwrap_or_else(tracing::Span::none);
+                    phase = None;
                     let summary = done.unwrap_or_else(|e| SessionSummary {
                         session: String::new(), reason: EndReason::Error, detail: Some(format!("session task failed: {e}")),
                         duration_ms: 0, frames_sent: 0, frames_dropped: 0, frames_abandoned: 0,
@@ -175,17 +179,14 @@ impl Supervisor {
                         tracing::info!("backing off for {} ms before the next session", delay.as_millis());
                         backoff.as_mut().reset(tokio::time::Instant::now() + delay);
                         backing_off = true;
-                        self.reporter.set_state(State::Backoff);
                     } else {
                         failures = 0;
-                        self.reporter.set_state(self.idle());
                     }
                 }
-                _ = &mut backoff, if backing_off => {
-                    backing_off = false;
-                    self.reporter.set_state(self.idle());
-                }
+                Ok(()) = async { phase.as_mut().expect("guarded").changed().await }, if phase.is_some() => {}
+                _ = &mut backoff, if backing_off => backing_off = false,
             }
+            self.publish(&active, backing_off);
         }
         // Shutdown: end the session with `shutdown` and let it drain within its deadlines.
         if let Some(p) = pending.take() {
@@ -218,6 +219,19 @@ impl Supervisor {
         self.totals.last = Some(s.clone());
         self.published.send_replace(self.totals.clone());
         self.reporter.emit(Event::SessionEnd(s));
+    }
+}
+
+/// The daemon's state, from what the supervisor knows: a running session's phase first (a session being
+/// stopped by a mute still shows how it ends), then a backoff, then muted or listening.
+fn state_of(muted: bool, backing_off: bool, phase: Option<Phase>) -> State {
+    match (phase, backing_off, muted) {
+        (Some(Phase::Connecting), _, _) => State::Connecting,
+        (Some(Phase::Streaming), _, _) => State::Streaming,
+        (Some(Phase::Draining), _, _) => State::Draining,
+        (None, true, _) => State::Backoff,
+        (None, false, true) => State::Muted,
+        (None, false, false) => State::Listening,
     }
 }
 
@@ -273,5 +287,86 @@ mod tests {
         drop(tx);
         let totals = task.await.unwrap();
         assert_eq!(totals.failed, 6);
+    }
+
+    #[test]
+    fn the_state_as_a_table() {
+        use Phase::*;
+        let rows: &[(bool, bool, Option<Phase>, State)] = &[
+            (false, false, None, State::Listening),
+            (true, false, None, State::Muted),
+            (false, true, None, State::Backoff),
+            (true, true, None, State::Backoff),
+            (false, false, Some(Connecting), State::Connecting),
+            (false, false, Some(Streaming), State::Streaming),
+            (true, false, Some(Draining), State::Draining),
+            (false, true, Some(Streaming), State::Streaming),
+        ];
+        for &(muted, backing_off, phase, want) in rows {
+            assert_eq!(state_of(muted, backing_off, phase), want, "muted {muted}, backing off {backing_off}, {phase:?}");
+        }
+    }
+
+    /// Inputs in, states out: each step and the states it must pass through, on the paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn transitions_follow_the_inputs() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut config = Config::default();
+        config.session.url = format!("ws://127.0.0.1:{port}/");
+        let reporter = Reporter { events: tokio::sync::broadcast::channel(256).0, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)) };
+        let mut state = reporter.state.subscribe();
+        let (requests_tx, requests) = mpsc::channel(8);
+        let (commands_tx, commands) = mpsc::channel(8);
+        let task = tokio::spawn(Supervisor::new(Params::new(&config).unwrap(), reporter, requests, commands).run(CancellationToken::new()));
+        let request = || {
+            let queue = Arc::new(SessionQueue::new(4, false, 0));
+            let req = SessionRequest {
+                trigger: crate::session::Trigger::Manual,
+                wakeword: None,
+                score: None,
+                t_ms: 0,
+                first_seq: 0,
+                preroll_ms: 0,
+                session: uuid::Uuid::new_v4().to_string(),
+                queue: queue.clone(),
+            };
+            (req, queue)
+        };
+        enum Step {
+            Command(Command),
+            Request,
+        }
+        let steps: Vec<(Step, &[State])> = vec![
+            (Step::Command(Command::Mute), &[State::Muted]),
+            (Step::Command(Command::Unmute), &[State::Listening]),
+            // The server is down: connecting, then a backoff, then listening again.
+            (Step::Request, &[State::Connecting, State::Backoff, State::Listening]),
+            (Step::Request, &[State::Connecting, State::Backoff]),
+            // A mute during the backoff shows once the backoff is over.
+            (Step::Command(Command::Mute), &[State::Muted]),
+            (Step::Command(Command::Unmute), &[State::Listening]),
+        ];
+        for (step, want) in steps {
+            match step {
+                Step::Command(c) => commands_tx.send(c).await.unwrap(),
+                Step::Request => requests_tx.send(request().0).await.unwrap(),
+            }
+            for &w in want {
+                state.changed().await.unwrap();
+                assert_eq!(*state.borrow_and_update(), w);
+            }
+        }
+        // Muted, a request is ended at once and opens nothing.
+        commands_tx.send(Command::Mute).await.unwrap();
+        state.changed().await.unwrap();
+        assert_eq!(*state.borrow_and_update(), State::Muted);
+        let (req, queue) = request();
+        requests_tx.send(req).await.unwrap();
+        queue.wait_ended().await;
+        assert_eq!(queue.ended(), Some(EndReason::Stopped));
+        assert_eq!(*state.borrow(), State::Muted);
+        drop(requests_tx);
+        let totals = task.await.unwrap();
+        assert_eq!((totals.sessions, totals.failed), (2, 2));
     }
 }

@@ -791,3 +791,33 @@ async fn capture_losses_are_seq_gaps_the_server_can_see() {
     let status = tokio::task::spawn_blocking(move || d.status()).await.unwrap();
     assert_eq!(status["counters"]["frames_dropped"].as_u64(), Some(gaps), "{status}");
 }
+
+/// A server that stops reading: at the drain deadline the frames still queued are abandoned, counted in the
+/// summary beside those sent, and the session still ends with the reason it had.
+#[tokio::test(start_paused = true)]
+async fn the_drain_deadline_abandons_what_is_still_queued_and_counts_it() {
+    use voxgate::audio::Frame;
+    use voxgate::session::SessionQueue;
+    use voxgate::session::connect::Params;
+    use voxgate::session::run as client;
+    let server = test_server(Misbehave::Stall).await;
+    let mut config = Config::default();
+    config.session.url = server.url.clone();
+    config.session.drain_timeout_ms = 1000;
+    let params = Params::new(&config).unwrap();
+    // Far more than the socket buffers on both sides hold.
+    let total = 400;
+    let queue = Arc::new(SessionQueue::new(total, false, 0));
+    for seq in 0..total as u64 {
+        queue.push(Frame { seq, captured: std::time::Instant::now(), pcm: vec![7; 320] });
+    }
+    queue.finish(EndReason::Silence);
+    let t0 = tokio::time::Instant::now();
+    let s = client::run(&params, manual_request("stalled", queue), &quiet_reporter()).await;
+    assert_eq!(s.reason, EndReason::Silence, "{s:?}");
+    assert!(s.frames_abandoned > 0 && s.frames_sent > 0, "{s:?}");
+    assert_eq!(s.frames_sent + s.frames_abandoned, total as u64, "{s:?}");
+    assert!(s.detail.as_deref().unwrap_or_default().contains("within 1000 ms"), "{s:?}");
+    assert_eq!(t0.elapsed(), Duration::from_millis(1000));
+    server.resume.notify_one();
+}
