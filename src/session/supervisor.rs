@@ -192,9 +192,16 @@ impl Supervisor {
         if let Some(p) = pending.take() {
             p.queue.finish(EndReason::Shutdown);
         }
-        if let Some(a) = active.take() {
+        if let Some(mut a) = active.take() {
             a.queue.finish(EndReason::Shutdown);
-            if let Ok(summary) = a.task.await {
+            // The session drains: its phases are still the daemon's state until it is done.
+            let done = loop {
+                tokio::select! {
+                    done = &mut a.task => break done,
+                    Ok(()) = a.phase.changed() => self.reporter.set_state(state_of(self.muted, false, Some(*a.phase.borrow()))),
+                }
+            };
+            if let Ok(summary) = done {
                 a.span.in_scope(|| self.record(summary));
             }
         }
