@@ -5,6 +5,7 @@
 //! entry point sit beside them; `src/main.rs` only parses the command line and calls in here.
 
 pub mod audio;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -34,8 +35,5 @@ pub mod exit {
 /// steps (19 MB against 8 MB for 1,000 sessions). Call it first thing; children inherit it. On a kernel
 /// without the setting this does nothing.
 pub fn small_pages() {
-    // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments only and touches no memory of ours.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
+    let _ = nix::sys::prctl::set_thp_disable(true);
 }

@@ -358,7 +358,7 @@ where
 pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioError> {
     let SourceSpec::Device(name) = ctx.config.source_spec() else { unreachable!("device backend chosen for a device source") };
     ctx.stop.register_current_thread();
-    let mut backoff = BACKOFF_START;
+    let mut delays = crate::backoff::delays(BACKOFF_START, BACKOFF_MAX, false);
     let mut last_error: Option<String> = None;
     while !ctx.stop.is_stopped() {
         let failure = match open(&ctx, &name) {
@@ -369,7 +369,7 @@ pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioEr
                 ctx.stats.set_state(state);
                 ctx.stats.set_waiting(false);
                 last_error = None;
-                backoff = BACKOFF_START;
+                delays = crate::backoff::delays(BACKOFF_START, BACKOFF_MAX, false);
                 match capture(&ctx, &mut sink, opened) {
                     Ok(Ended::Stopped) => return Ok(()),
                     Ok(Ended::Failed(message)) => DeviceError::Lost { device: name.clone(), message },
@@ -379,6 +379,7 @@ pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioEr
             Err(e) => e,
         };
         let message = failure.to_string();
+        let backoff = delays.next().unwrap_or(BACKOFF_MAX);
         // Logged once per distinct failure, not once per attempt.
         if last_error.as_deref() != Some(&message) {
             tracing::warn!(device = %name, "{message}; waiting for it, retrying every {} s at most", BACKOFF_MAX.as_secs());
@@ -391,7 +392,6 @@ pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioEr
         if !ctx.clock.sleep_until(ctx.clock.now() + backoff, &ctx.stop) {
             return Ok(());
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     Ok(())
 }

@@ -11,11 +11,12 @@
 
 use std::fs::File;
 use std::io::{BufReader, ErrorKind, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hound::{SampleFormat, WavReader, WavSpec};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::{AudioError, Converter, FrameSink, SourceContext};
 use crate::config::{FilePacing, SourceSpec};
@@ -250,24 +251,19 @@ impl Follower {
             if now >= deadline {
                 return Ok(Growth::Idle);
             }
-            let timeout = (deadline - now).as_millis().min(i32::MAX as u128) as i32;
-            let mut fds = [
-                libc::pollfd { fd: self.inotify.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: ctx.stop.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            ];
-            // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == ErrorKind::Interrupted {
-                    continue;
+            let timeout = PollTimeout::try_from((deadline - now).as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
+            let (grew, stopped) = {
+                let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN), PollFd::new(ctx.stop.fd().as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, timeout) {
+                    Ok(_) => (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false)),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(AudioError::Read { what: format!("changes to WAV file {}", self.path.display()), source: e.into() }),
                 }
-                return Err(AudioError::Read { what: format!("changes to WAV file {}", self.path.display()), source: e });
-            }
-            if fds[1].revents != 0 || ctx.stop.is_stopped() {
+            };
+            if stopped || ctx.stop.is_stopped() {
                 return Ok(Growth::Stopped);
             }
-            if fds[0].revents != 0 {
+            if grew {
                 match self.inotify.read_events(&mut self.buf) {
                     Ok(mut events) => {
                         if events.next().is_some() {

@@ -105,7 +105,8 @@ pub struct Peer {
 }
 
 /// Linux's SO_PEERGROUPS (since 4.13; the same number on every architecture voxgate targets): the peer's
-/// supplementary groups as they were when it connected.
+/// supplementary groups as they were when it connected. Neither nix nor rustix offers it: this is the one
+/// call voxgate makes through libc directly.
 const SO_PEERGROUPS: libc::c_int = 59;
 
 fn peer(stream: &UnixStream) -> std::io::Result<Peer> {
@@ -143,8 +144,7 @@ pub fn allowed(peer: &Peer, own_uid: u32, socket_gid: u32) -> bool {
 pub async fn serve(listener: Listener, calls: mpsc::Sender<Call>, events: broadcast::Sender<Event>, state: watch::Receiver<State>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    // SAFETY: geteuid has no failure mode.
-    let own_uid = unsafe { libc::geteuid() };
+    let own_uid = nix::unistd::geteuid().as_raw();
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -190,19 +190,12 @@ pub async fn serve(listener: Listener, calls: mpsc::Sender<Call>, events: broadc
     tracker.wait().await;
 }
 
-/// The name of group `gid`, or its number. Called once, when the socket is bound.
+/// The name of group `gid`, or its number. Called once, when the socket is bound (reentrant: `getgrgid_r`).
 fn group_name(gid: u32) -> String {
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: all-zero is a valid `group`; getgrgid_r fills it with pointers into `buf`, which outlives their use.
-    let mut group: libc::group = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the length given; the result is read only when `found` is set.
-    let r = unsafe { libc::getgrgid_r(gid, &mut group, buf.as_mut_ptr(), buf.len(), &mut found) };
-    if r == 0 && !found.is_null() && !group.gr_name.is_null() {
-        // SAFETY: gr_name points at a NUL-terminated string inside `buf`.
-        return unsafe { std::ffi::CStr::from_ptr(group.gr_name) }.to_string_lossy().into_owned();
+    match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
+        Ok(Some(group)) => group.name,
+        _ => gid.to_string(),
     }
-    gid.to_string()
 }
 
 async fn write_line<T: serde::Serialize>(stream: &mut (impl AsyncWriteExt + Unpin), value: &T) -> std::io::Result<()> {

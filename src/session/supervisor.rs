@@ -50,8 +50,8 @@ pub struct Supervisor {
     reporter: Reporter,
     requests: mpsc::Receiver<SessionRequest>,
     commands: mpsc::Receiver<Command>,
-    /// Jitter source: a small LCG is plenty to spread reconnects.
-    seed: u64,
+    /// Delays after consecutive failed sessions; started afresh after a good one.
+    delays: Box<dyn Iterator<Item = Duration> + Send>,
     pub totals: Totals,
     /// The totals as of the last finished session, for `status`.
     published: watch::Sender<Totals>,
@@ -71,8 +71,7 @@ struct Active {
 
 impl Supervisor {
     pub fn new(params: Params, reporter: Reporter, requests: mpsc::Receiver<SessionRequest>, commands: mpsc::Receiver<Command>) -> Self {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-        Supervisor { params, reporter, requests, commands, seed, totals: Totals::default(), published: watch::Sender::new(Totals::default()), muted: false, fault: crate::fault::armed(crate::fault::SUPERVISOR_PANIC) }
+        Supervisor { params, reporter, requests, commands, delays: Self::fresh_delays(), totals: Totals::default(), published: watch::Sender::new(Totals::default()), muted: false, fault: crate::fault::armed(crate::fault::SUPERVISOR_PANIC) }
     }
 
     /// The totals, updated after each session.
@@ -86,11 +85,8 @@ impl Supervisor {
         self.reporter.set_state(state_of(self.muted, backing_off, phase));
     }
 
-    fn jittered(&mut self, d: Duration) -> Duration {
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        // ±20 %
-        let f = 0.8 + 0.4 * ((self.seed >> 33) as f64 / (1u64 << 31) as f64);
-        d.mul_f64(f)
+    fn fresh_delays() -> Box<dyn Iterator<Item = Duration> + Send> {
+        Box::new(crate::backoff::delays(BACKOFF_START, BACKOFF_MAX, true))
     }
 
     fn start(&self, req: SessionRequest) -> Active {
@@ -108,7 +104,6 @@ impl Supervisor {
         // The running session's phase, watched apart from `active` so that both can be awaited at once.
         let mut phase: Option<watch::Receiver<Phase>> = None;
         let mut pending: Option<SessionRequest> = None;
-        let mut failures = 0u32;
         let backoff = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(backoff);
         let mut backing_off = false;
@@ -174,13 +169,12 @@ impl Supervisor {
                     let failed = summary.reason == EndReason::Error;
                     span.in_scope(|| self.record(summary));
                     if failed {
-                        let delay = self.jittered((BACKOFF_START * 2u32.saturating_pow(failures)).min(BACKOFF_MAX));
-                        failures = failures.saturating_add(1);
+                        let delay = self.delays.next().unwrap_or(BACKOFF_MAX);
                         tracing::info!("backing off for {} ms before the next session", delay.as_millis());
                         backoff.as_mut().reset(tokio::time::Instant::now() + delay);
                         backing_off = true;
                     } else {
-                        failures = 0;
+                        self.delays = Self::fresh_delays();
                     }
                 }
                 Ok(()) = async { phase.as_mut().expect("guarded").changed().await }, if phase.is_some() => {}
@@ -279,7 +273,7 @@ mod tests {
                         if let Some(end) = last_end {
                             let waited: Duration = tokio::time::Instant::now() - end;
                             let nominal = (BACKOFF_START * 2u32.pow(i - 1)).min(BACKOFF_MAX);
-                            assert!(waited >= nominal.mul_f64(0.8) && waited <= nominal.mul_f64(1.2), "attempt {i}: waited {waited:?}, nominal {nominal:?}");
+                            assert!(waited >= nominal && waited < nominal * 2, "attempt {i}: waited {waited:?}, nominal {nominal:?}");
                         }
                     }
                     Event::SessionEnd(s) => {
