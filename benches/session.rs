@@ -240,7 +240,7 @@ async fn detection_to_server(wakes: WakeClock) {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("demo.wav");
     std::fs::write(&wav, voxgate::demo::DEMO_WAV).unwrap();
-    config.audio.source = format!("file:{}", wav.display());
+    config.audio.source = voxgate::config::SourceSpec::File(wav.clone());
     config.audio.file_pacing = FilePacing::Realtime;
     config.session.url = url;
     config.control.socket = Default::default();

@@ -28,8 +28,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AudioConfig {
-    /// "default", a device id from `voxgate devices`, "file:PATH.wav" or "stdin".
-    pub source: String,
+    /// "default", a device id from `voxgate devices`, "file:PATH.wav" or "stdin"; parsed once, when loaded.
+    pub source: SourceSpec,
     pub sample_rate: u32,
     pub frame_ms: u32,
     pub file_pacing: FilePacing,
@@ -47,7 +47,7 @@ pub struct AudioConfig {
 impl Default for AudioConfig {
     fn default() -> Self {
         AudioConfig {
-            source: "default".into(),
+            source: SourceSpec::Device("default".into()),
             sample_rate: 16000,
             frame_ms: 20,
             file_pacing: FilePacing::Realtime,
@@ -60,22 +60,47 @@ impl Default for AudioConfig {
     }
 }
 
-/// What `audio.source` selects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What `audio.source` selects; written in the configuration as "default", a device id, "file:PATH" or
+/// "stdin".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum SourceSpec {
     Device(String),
     File(PathBuf),
     Stdin,
 }
 
-impl AudioConfig {
-    pub fn source_spec(&self) -> SourceSpec {
-        if let Some(path) = self.source.strip_prefix("file:") {
-            SourceSpec::File(PathBuf::from(path))
-        } else if self.source == "stdin" {
-            SourceSpec::Stdin
+impl TryFrom<String> for SourceSpec {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err("\"file:\" needs a path: \"file:/path/to/audio.wav\"".into());
+            }
+            Ok(SourceSpec::File(PathBuf::from(path)))
+        } else if s == "stdin" {
+            Ok(SourceSpec::Stdin)
+        } else if s.trim().is_empty() {
+            Err("empty; use \"default\", a device from `voxgate devices`, \"file:PATH.wav\" or \"stdin\"".into())
         } else {
-            SourceSpec::Device(self.source.clone())
+            Ok(SourceSpec::Device(s))
+        }
+    }
+}
+
+impl From<SourceSpec> for String {
+    fn from(s: SourceSpec) -> String {
+        s.to_string()
+    }
+}
+
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpec::Device(d) => f.write_str(d),
+            SourceSpec::File(p) => write!(f, "file:{}", p.display()),
+            SourceSpec::Stdin => f.write_str("stdin"),
         }
     }
 }
@@ -218,22 +243,39 @@ pub enum Protocol {
 pub struct ControlConfig {
     /// Where the control socket is bound; empty: no control socket.
     pub socket: PathBuf,
-    /// Octal permission bits of the socket file, as a string ("0660").
-    pub socket_mode: String,
+    /// Permission bits of the socket file, written as an octal string ("0660").
+    pub socket_mode: SocketMode,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { socket: PathBuf::from("/run/voxgate/control.sock"), socket_mode: "0660".into() }
+        ControlConfig { socket: PathBuf::from("/run/voxgate/control.sock"), socket_mode: SocketMode(0o660) }
     }
 }
 
-impl ControlConfig {
-    /// `socket_mode` as permission bits; valid after validation.
-    pub fn mode(&self) -> u32 {
-        u32::from_str_radix(&self.socket_mode, 8).unwrap_or(0o660)
+/// File permission bits, parsed once from an octal string of digits 0-7 ("0660"), at most 0o777.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SocketMode(pub u32);
+
+impl TryFrom<String> for SocketMode {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an octal permission mode like \"0660\"");
+        if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return Err(bad());
+        }
+        u32::from_str_radix(&s, 8).ok().filter(|m| *m <= 0o777).map(SocketMode).ok_or_else(bad)
     }
 }
+
+impl From<SocketMode> for String {
+    fn from(m: SocketMode) -> String {
+        format!("{:04o}", m.0)
+    }
+}
+
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -470,11 +512,10 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
     if (a.sample_rate as u64 * a.frame_ms as u64) % 1000 != 0 {
         p.push(("audio.frame_ms", format!("{} ms at {} Hz is not a whole number of samples", a.frame_ms, a.sample_rate)));
     }
-    match a.source_spec() {
-        SourceSpec::File(path) if path.as_os_str().is_empty() => p.push(("audio.source", "\"file:\" needs a path: \"file:/path/to/audio.wav\"".into())),
-        SourceSpec::File(path) if !path.is_file() => p.push(("audio.source", format!("{} is not a file", path.display()))),
-        SourceSpec::Device(d) if d.trim().is_empty() => p.push(("audio.source", "empty; use \"default\", a device from `voxgate devices`, \"file:PATH.wav\" or \"stdin\"".into())),
-        _ => {}
+    if let SourceSpec::File(path) = &a.source {
+        if !path.is_file() {
+            p.push(("audio.source", format!("{} is not a file", path.display())));
+        }
     }
     if !(c.wake.threshold > 0.0 && c.wake.threshold < 1.0) {
         p.push(("wake.threshold", format!("{} is out of range (between 0 and 1)", c.wake.threshold)));
@@ -516,10 +557,6 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
         p.push(("control.socket", format!("{} must be an absolute path (or \"\" for no control socket)", sock.display())));
     } else if sock.as_os_str().len() > 107 {
         p.push(("control.socket", format!("{} is longer than a Unix socket path may be (107 bytes)", sock.display())));
-    }
-    match u32::from_str_radix(&c.control.socket_mode, 8) {
-        Ok(m) if m <= 0o777 => {}
-        _ => p.push(("control.socket_mode", format!("{:?} is not an octal permission mode like \"0660\"", c.control.socket_mode))),
     }
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&c.log.level) {
         p.push(("log.level", format!("{:?} is not a log filter (e.g. \"info\", \"debug\", \"voxgate=debug,warn\"): {e}", c.log.level)));
@@ -664,10 +701,26 @@ mod tests {
 
     #[test]
     fn source_forms() {
-        let spec = |s: &str| AudioConfig { source: s.into(), ..AudioConfig::default() }.source_spec();
-        assert_eq!(spec("default"), SourceSpec::Device("default".into()));
-        assert_eq!(spec("alsa:hw:1,0"), SourceSpec::Device("alsa:hw:1,0".into()));
-        assert_eq!(spec("file:/a b.wav"), SourceSpec::File("/a b.wav".into()));
-        assert_eq!(spec("stdin"), SourceSpec::Stdin);
+        let spec = |s: &str| SourceSpec::try_from(s.to_string());
+        assert_eq!(spec("default"), Ok(SourceSpec::Device("default".into())));
+        assert_eq!(spec("alsa:hw:1,0"), Ok(SourceSpec::Device("alsa:hw:1,0".into())));
+        assert_eq!(spec("file:/a b.wav"), Ok(SourceSpec::File("/a b.wav".into())));
+        assert_eq!(spec("stdin"), Ok(SourceSpec::Stdin));
+        assert!(spec("file:").is_err() && spec(" ").is_err());
+        for s in ["default", "alsa:hw:1,0", "file:/a b.wav", "stdin"] {
+            assert_eq!(String::from(spec(s).unwrap()), s);
+        }
     }
+
+    #[test]
+    fn socket_modes_are_octal_digits_only() {
+        let mode = |s: &str| SocketMode::try_from(s.to_string()).map(|m| m.0);
+        assert_eq!(mode("0660"), Ok(0o660));
+        assert_eq!(mode("600"), Ok(0o600));
+        for bad in ["+777", "0999", "07777", "", "rw", "-1", "0o660"] {
+            assert!(mode(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(String::from(SocketMode(0o640)), "0640");
+    }
+
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FilePacing};
+use crate::config::{Config, FilePacing, SourceSpec};
 use crate::serve::{self, Record};
 use crate::session::Event;
 
@@ -54,7 +54,7 @@ pub fn run(file: Option<&Path>, out: &mut dyn Write) -> Result<Outcome, DemoErro
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         let server = tokio::spawn(serve::serve(listener, Some(dir.clone()), stop_server.clone(), Some(done_tx)));
         let mut config = Config::default();
-        config.audio.source = format!("file:{}", wav.display());
+        config.audio.source = SourceSpec::File(wav.clone());
         config.audio.file_pacing = FilePacing::Fast;
         config.session.url = url.clone();
         config.control.socket = Default::default();

@@ -356,7 +356,7 @@ where
 
 /// The capture thread: open, capture until the device fails or we are stopped, back off, repeat.
 pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioError> {
-    let SourceSpec::Device(name) = ctx.config.source_spec() else { unreachable!("device backend chosen for a device source") };
+    let SourceSpec::Device(name) = ctx.config.source.clone() else { unreachable!("device backend chosen for a device source") };
     ctx.stop.register_current_thread();
     let mut delays = crate::backoff::delays(BACKOFF_START, BACKOFF_MAX, false);
     let mut last_error: Option<String> = None;

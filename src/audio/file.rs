@@ -93,7 +93,7 @@ fn decode(bytes: &[u8], spec: WavSpec) -> f32 {
 }
 
 pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioError> {
-    let SourceSpec::File(path) = ctx.config.source_spec() else { unreachable!("file backend chosen for a file source") };
+    let SourceSpec::File(path) = &ctx.config.source else { unreachable!("file backend chosen for a file source") };
     let (info, reader) = open(&path)?;
     ctx.stats.set_state(format!(
         "reading {} ({} Hz, {} ch, {}-bit)",

@@ -222,7 +222,7 @@ fn backend(spec: &SourceSpec) -> (&'static str, Backend) {
 /// Starts the source `audio.source` names, on its own thread, waiting on `clock`.
 pub fn start(audio: &AudioConfig, clock: Arc<dyn Clock>) -> Result<AudioSource, AudioError> {
     let spec = FrameSpec::from_config(audio);
-    let source = audio.source_spec();
+    let source = &audio.source;
     let live = !matches!(source, SourceSpec::File(_)) || audio.file_pacing == FilePacing::Realtime;
     let capacity = (CHANNEL_MS / audio.frame_ms).max(2) as usize;
     let (tx, rx) = crossbeam_channel::bounded(capacity);

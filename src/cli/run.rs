@@ -21,7 +21,7 @@ pub fn run(path: Option<&Path>) -> Result<(), CliError> {
     let explicit = path.map(Path::to_path_buf);
     // A reload reads what a restart would: the same file (or the default one), the environment on top.
     let loader: Loader = Arc::new(move || config::load(explicit.as_deref()).map(|l| l.config).map_err(|e| e.to_string()));
-    let socket = (loaded.config.control.socket.clone(), loaded.config.control.mode());
+    let socket = (loaded.config.control.socket.clone(), loaded.config.control.socket_mode.0);
     let daemon = Daemon::new(loaded.config, shutdown.clone()).loader(loaded.file, loader).log(log);
     let runtime = runtime(shutdown, Some(daemon.calls()))?;
     // The socket before the microphone: if another daemon owns it, leave the microphone alone.

@@ -226,7 +226,7 @@ impl Daemon {
         let counters = ctl.counters();
         let control::Controller { source, listener, config, .. } = ctl;
         let stopped = shutdown.is_cancelled();
-        let live_device = matches!(config.audio.source_spec(), SourceSpec::Device(_));
+        let live_device = matches!(config.audio.source, SourceSpec::Device(_));
         let source_name = source.name.clone();
         source.stop();
         let (joined, detector) = tokio::task::spawn_blocking(move || {

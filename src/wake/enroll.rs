@@ -52,7 +52,7 @@ pub struct SampleReport {
 
 /// Reads a WAV through the front end: mono 16-bit at 16 kHz.
 pub fn read_mono(path: &Path) -> Result<Vec<i16>, EnrollError> {
-    let cfg = AudioConfig { source: format!("file:{}", path.display()), file_pacing: FilePacing::Fast, sample_rate: RATE, ..AudioConfig::default() };
+    let cfg = AudioConfig { source: crate::config::SourceSpec::File(path.into()), file_pacing: FilePacing::Fast, sample_rate: RATE, ..AudioConfig::default() };
     let err = |e| EnrollError::Read { path: path.into(), source: e };
     let source = audio::start(&cfg, SystemClock::shared()).map_err(err)?;
     let pcm: Vec<i16> = source.frames.iter().flat_map(|f| f.pcm).collect();

@@ -236,7 +236,7 @@ impl Side {
         self.mode = config.wake.mode;
         self.session_cfg = config.session.clone();
         self.queue_frames = (config.session.queue_ms / frame_ms).max(1) as usize;
-        self.lossless = matches!(config.audio.source_spec(), SourceSpec::File(_)) && config.audio.file_pacing == FilePacing::Fast;
+        self.lossless = matches!(config.audio.source, SourceSpec::File(_)) && config.audio.file_pacing == FilePacing::Fast;
         self.onset = Onset::new(self.spec.sample_rate);
     }
 

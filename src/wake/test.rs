@@ -18,7 +18,7 @@ pub enum ScanError {
 /// Runs the detector of `config` over `file`, calling `on_detection` for each detection.
 pub fn scan(config: &Config, file: &Path, on_detection: &mut dyn FnMut(&Detection)) -> Result<DetectorStats, ScanError> {
     let audio = crate::config::AudioConfig {
-        source: format!("file:{}", file.display()),
+        source: crate::config::SourceSpec::File(file.into()),
         file_pacing: FilePacing::Fast,
         file_follow: false,
         ..config.audio.clone()

@@ -111,7 +111,7 @@ fn backoff_doubles_up_to_its_cap_on_the_source_clock() {
     use voxgate::audio::{self, ManualClock};
     use voxgate::audio::device::{BACKOFF_MAX, BACKOFF_START};
     let (clock, waits) = ManualClock::new();
-    let cfg = voxgate::config::AudioConfig { source: "alsa:nosuchmic".into(), ..Default::default() };
+    let cfg = voxgate::config::AudioConfig { source: voxgate::config::SourceSpec::Device("alsa:nosuchmic".into()), ..Default::default() };
     let source = audio::start(&cfg, clock.clone()).unwrap();
     let mut expected = BACKOFF_START;
     let mut now = Duration::ZERO;

@@ -10,7 +10,7 @@ use voxgate::config::{AudioConfig, FilePacing};
 use crate::support::{noise, voxgate, write_wav};
 
 fn file_config(path: &std::path::Path, pacing: FilePacing) -> AudioConfig {
-    AudioConfig { source: format!("file:{}", path.display()), file_pacing: pacing, ..AudioConfig::default() }
+    AudioConfig { source: voxgate::config::SourceSpec::File(path.into()), file_pacing: pacing, ..AudioConfig::default() }
 }
 
 #[test]

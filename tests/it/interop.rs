@@ -25,7 +25,7 @@ async fn vosk_protocol_against_a_real_recognizer() {
     let url = ready.strip_prefix("listening on ").expect(&ready).to_string();
 
     let mut config = Config::default();
-    config.audio.source = format!("file:{}", fixtures().join("stream-en-us_m1.wav").display());
+    config.audio.source = voxgate::config::SourceSpec::File(fixtures().join("stream-en-us_m1.wav"));
     config.audio.file_pacing = FilePacing::Fast;
     config.session.url = url;
     config.session.protocol = Protocol::Vosk;

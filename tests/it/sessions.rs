@@ -36,7 +36,7 @@ async fn reference_server() -> RefServer {
 
 fn file_config(path: &std::path::Path, url: &str) -> Config {
     let mut c = Config::default();
-    c.audio.source = format!("file:{}", path.display());
+    c.audio.source = voxgate::config::SourceSpec::File(path.into());
     c.audio.file_pacing = FilePacing::Fast;
     c.session.url = url.to_string();
     c.control.socket = Default::default();

@@ -84,7 +84,7 @@ fn two_models_each_name_their_word() {
 fn preroll_starts_before_the_detection_and_holds_the_wake_word_start() {
     let config = Config::default();
     let (file, labels) = builtin_streams().into_iter().next().unwrap();
-    let audio = AudioConfig { source: format!("file:{}", fixtures().join(&file).display()), file_pacing: FilePacing::Fast, ..AudioConfig::default() };
+    let audio = AudioConfig { source: voxgate::config::SourceSpec::File(fixtures().join(&file)), file_pacing: FilePacing::Fast, ..AudioConfig::default() };
     let mut det = Detector::new(&config.wake, FrameSpec::from_config(&audio), config.session.preroll_ms).unwrap();
     let source = audio::start(&audio, SystemClock::shared()).unwrap();
     let mut found = Vec::new();
