@@ -242,14 +242,23 @@ fn sighup_keeps_a_broken_configuration_out_and_applies_a_good_one() {
     assert_eq!(code, 0, "{lines:?}");
     assert_eq!(lines[0]["changed"], json!(["log.level"]));
 
-    // A new source that cannot be opened (not a WAV file) is refused before anything changes.
-    let text = config_text(&second.url, "info");
+    // A new source that cannot be opened (not a WAV file) is refused before anything changes, the log level
+    // of the same file included.
+    let text = config_text(&second.url, "debug");
     let not_wav = d.config.display().to_string();
     std::fs::write(&d.config, text.replace("source = \"stdin\"", &format!("source = \"file:{not_wav}\""))).unwrap();
     let (code, lines) = d.cli(&["reload"]);
     assert_eq!(code, 1);
     assert!(lines[0]["error"].as_str().unwrap().contains(&not_wav), "{lines:?}");
     assert_eq!(d.status()["source"], "stdin");
+    let from = d.log().len();
+    assert_eq!(d.cli(&["trigger"]).0, 0);
+    let session = sub.event(is("session_start"))["session"].as_str().unwrap().to_string();
+    assert_eq!(d.cli(&["stop"]).0, 0);
+    sub.event(is("session_end"));
+    // The session's state changes are logged at debug level, before its end at info level.
+    let since = d.logged(from, |l| l.contains("INFO") && l.contains(&session) && l.contains("ended"));
+    assert!(!since.contains("DEBUG"), "the failed reload changed the log level:\n{since}");
     // One that can is opened, and frames keep coming from it.
     let wav = crate::support::fixtures().join("stream-en-us_m1.wav");
     let followed = format!("source = \"file:{}\"\nfile_follow = true\nfile_follow_idle_ms = 600000", wav.display());
@@ -336,4 +345,45 @@ fn a_missing_microphone_keeps_the_watchdog_fed_while_capture_retries() {
         assert!(!m.contains("READY=1") && !m.contains("no audio from"), "{m}");
         pings += (m.trim_end() == "WATCHDOG=1") as u32;
     }
+}
+
+/// A reload that swaps the wake word while a session is streaming: the session goes on to its normal end, and
+/// from then on the new word is detected and the old one is not.
+#[test]
+fn a_reload_swaps_the_wake_word_during_a_session() {
+    let server = server();
+    let stream = crate::support::fixtures().join("two-words.wav");
+    let config = |models: &str| {
+        format!(
+            "[audio]\nsource = \"file:{}\"\nfile_pacing = \"realtime\"\n[wake]\nmode = \"wakeword\"\nmodels = [{models}]\n[session]\nurl = \"{}\"\n[log]\nformat = \"text\"\n",
+            stream.display(),
+            server.url
+        )
+    };
+    let mut d = Daemon::spawn(&config(""), false, &[]);
+    let mut sub = d.connect();
+    assert_eq!(sub.call(json!({"cmd": "subscribe"}))["ok"], true);
+    // "hey jarvis" at 0.7 s, then "ok computer" twice, then "hey jarvis" again at 10 s.
+    let first = sub.event(is("wake"));
+    assert_eq!(first["wakeword"], "hey_jarvis", "{first}");
+    let session = sub.event(is("session_start"))["session"].as_str().unwrap().to_string();
+    let computer = crate::support::fixtures().join("ok_computer.rpw");
+    std::fs::write(&d.config, config(&format!("\"{}\"", computer.display()))).unwrap();
+    let (code, lines) = d.cli(&["reload"]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert_eq!(lines[0]["changed"], json!(["wake.models"]));
+    // The file ends the run: every event until then.
+    let mut events = Vec::new();
+    loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut sub.reader, &mut line).unwrap() == 0 {
+            break;
+        }
+        events.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    let end = events.iter().find(|e| e["event"] == "session_end" && e["session"] == session.as_str()).expect("the first session ends");
+    assert_eq!(end["reason"], "silence", "{end}");
+    let words: Vec<&str> = events.iter().filter(|e| e["event"] == "wake").map(|e| e["wakeword"].as_str().unwrap()).collect();
+    assert_eq!(words, ["ok_computer", "ok_computer"], "{events:?}");
+    assert!(d.wait(PATIENCE).success());
 }

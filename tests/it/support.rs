@@ -266,7 +266,8 @@ pub struct TestDaemon {
     notify: Receiver<String>,
     /// Real-time quiet noise on its stdin, when it reads stdin.
     pub feeder: Option<Feeder>,
-    log: Arc<Mutex<String>>,
+    /// Everything it logged, and a signal for each new line.
+    log: Arc<(Mutex<String>, std::sync::Condvar)>,
 }
 
 impl TestDaemon {
@@ -313,14 +314,15 @@ impl TestDaemon {
         let mut child = ChildGuard(cmd.spawn().unwrap());
         let feeder = child.0.stdin.take().map(Feeder::new);
         // Read its log as it comes, or the daemon would block once the pipe is full.
-        let log = Arc::new(Mutex::new(String::new()));
+        let log = Arc::new((Mutex::new(String::new()), std::sync::Condvar::new()));
         let stderr = child.0.stderr.take().unwrap();
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
+                let mut log = sink.0.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
+                sink.1.notify_all();
             }
         });
         let mut d = TestDaemon { child, dir, socket, config, notify, feeder, log };
@@ -332,7 +334,23 @@ impl TestDaemon {
 
     /// What it has logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.log.0.lock().unwrap().clone()
+    }
+
+    /// Waits until its log (from byte `from` on) has a line `want` accepts; the log from `from` up to the end
+    /// of that line.
+    pub fn logged(&self, from: usize, want: impl Fn(&str) -> bool) -> String {
+        let (log, grew) = &*self.log;
+        let mut text = log.lock().unwrap();
+        loop {
+            if let Some(line) = text[from.min(text.len())..].lines().find(|l| want(l)) {
+                let end = text[from..].find(line).unwrap_or(0) + from + line.len();
+                return text[from..end].to_string();
+            }
+            let (t, timeout) = grew.wait_timeout(text, PATIENCE).unwrap();
+            assert!(!timeout.timed_out(), "no such log line; the log:\n{}", t);
+            text = t;
+        }
     }
 
     /// Waits for it to exit, at most `within`; its exit status.
@@ -360,7 +378,7 @@ impl TestDaemon {
             match self.notify.recv_timeout(PATIENCE) {
                 Ok(m) if want(m.trim_end()) => return m.trim_end().to_string(),
                 Ok(_) => {}
-                Err(e) => panic!("no such notify message ({e}); daemon log:\n{}", self.log.lock().unwrap()),
+                Err(e) => panic!("no such notify message ({e}); daemon log:\n{}", self.log()),
             }
         }
     }
@@ -398,7 +416,7 @@ pub fn config_text(url: &str, level: &str) -> String {
 /// A raw connection to the control socket.
 pub struct Raw {
     stream: UnixStream,
-    reader: BufReader<UnixStream>,
+    pub reader: BufReader<UnixStream>,
 }
 
 impl Raw {
