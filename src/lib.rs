@@ -1,8 +1,32 @@
 //! voxgate: a wake-word gated voice streaming daemon for small Linux devices.
 //!
-//! The pipeline reads like the module list: [`audio`] sources produce frames, the detector thread listens
-//! for the wake word, and sessions stream to a speech server. [`config`], [`logging`] and the [`daemon`]
-//! entry point sit beside them; `src/main.rs` only parses the command line and calls in here.
+//! The modules follow the data, and each owns its decisions: [`audio`] captures, [`wake`] listens (the
+//! detector thread), [`session`] streams (the supervisor and its sessions), [`control`] takes requests, and
+//! [`daemon`] wires them together for `voxgate run`. [`cli`] holds the commands of the binary; `src/main.rs`
+//! only parses the command line and calls it.
+//!
+//! Threads, tasks, channels and their owners in a running daemon:
+//!
+//! ```text
+//!  capture thread ──Frame (crossbeam, bounded 1 s; live: drop+count, file fast: wait)──▶ detector thread
+//!  (audio::device|file|stdin;                                                           (wake::listener; owns
+//!   cpal callback ─rtrb ring + loss ring─▶ capture thread)                              detection, pre-roll,
+//!                                                                                        the open session's feed)
+//!       detector thread ──SessionRequest (tokio mpsc, bounded 4, never waited on)──▶ supervisor task
+//!       detector thread ──frames──▶ SessionQueue (one per session; drop-oldest) ──▶ session task's writer,
+//!                                   or straight onto the socket from the detector thread (session::outlet)
+//!       supervisor task (session::supervisor; the only writer of State) ──spawns──▶ session task
+//!                                   (session::run: writer + reader, reports its Phase and its summary)
+//!  control socket tasks ──Call = (Request, oneshot Reply) (mpsc 16)──▶ daemon task (daemon; owns the
+//!  signal thread (SIGHUP) ──Call──▶                                     source handle, reloads, sd_notify)
+//!       daemon task ──Command (mpsc 8)──▶ supervisor task
+//!       daemon task ──acknowledged command (crossbeam + oneshot)──▶ detector thread (via its Listener handle)
+//!  everyone ──Event (broadcast, 1024 per subscriber)──▶ control subscribers, the demo, tests
+//!  first SIGTERM/SIGINT ──CancellationToken──▶ daemon task, supervisor, control server; a second exits.
+//! ```
+//!
+//! Whoever spawns a thread or task joins it: the daemon task joins the capture thread and the detector thread
+//! (a panic is an error, exit 1) and awaits the supervisor task; the supervisor awaits its session task.
 
 pub mod audio;
 pub mod backoff;

@@ -94,7 +94,7 @@ fn decode(bytes: &[u8], spec: WavSpec) -> f32 {
 
 pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioError> {
     let SourceSpec::File(path) = &ctx.config.source else { unreachable!("file backend chosen for a file source") };
-    let (info, reader) = open(&path)?;
+    let (info, reader) = open(path)?;
     ctx.stats.set_state(format!(
         "reading {} ({} Hz, {} ch, {}-bit)",
         path.display(),
@@ -103,7 +103,7 @@ pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioEr
         info.spec.bits_per_sample
     ));
     let mut conv = Converter::new(info.spec.channels, info.spec.sample_rate, ctx.spec.sample_rate, ctx.spec.samples())?;
-    let mut follower = if ctx.config.file_follow { Some(Follower::new(&path)?) } else { None };
+    let mut follower = if ctx.config.file_follow { Some(Follower::new(path)?) } else { None };
     let limit = if follower.is_some() || info.data_bytes == 0 { None } else { Some(info.data_bytes) };
     let mut pacer = Pacer::new(&ctx);
     let mut data = DataReader { reader, path: path.clone(), info, limit, read: 0, pending: Vec::new() };

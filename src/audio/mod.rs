@@ -237,7 +237,7 @@ pub fn start(audio: &AudioConfig, clock: Arc<dyn Clock>) -> Result<AudioSource, 
         // Open errors (missing, not a WAV, unsupported format) are reported here, not from the thread.
         file::probe(path)?;
     }
-    let (thread_name, run) = backend(&source);
+    let (thread_name, run) = backend(source);
     let ctx = SourceContext { config: audio.clone(), spec, clock, stats: stats.clone(), stop: stop.clone() };
     let sink = FrameSink { tx, live, stats: stats.clone(), stop: stop.clone(), next_seq: 0 };
     let thread = std::thread::Builder::new()

@@ -1,5 +1,5 @@
-//! The commands of the `voxgate` binary, one module per group: [`run`] (the daemon), [`client`] (the control
-//! client commands), [`tools`] (devices, record, wake-test, enroll, assets) and [`serve`] (the reference
+//! The commands of the `voxgate` binary, one module per group: `run` (the daemon), `client` (the control
+//! client commands), `tools` (devices, record, wake-test, enroll, assets) and `serve` (the reference
 //! server and the demo). Each returns a [`CliError`]; [`main`] maps it to the exit code, in one place:
 //! 0 success, 78 configuration error, 69 daemon unreachable, 1 anything else.
 

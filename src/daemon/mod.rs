@@ -4,11 +4,11 @@
 //! Owners (see the picture in `lib.rs`):
 //! - the source thread owns capture; its frames (crossbeam, bounded) go to the detector thread;
 //! - the detector thread ([`Listener`]) owns detection, the pre-roll and the open session's feed; it sends
-//!   [`SessionRequest`]s to the supervisor (tokio mpsc, bounded, never waited on) and drops that sender when it
+//!   [`SessionRequest`](crate::session::SessionRequest)s to the supervisor (tokio mpsc, bounded, never waited on) and drops that sender when it
 //!   ends, which tells the supervisor the source has ended;
 //! - the supervisor task alone owns the session state machine and the daemon's [`State`]; it takes
-//!   [`Command`]s (mpsc) from the daemon task;
-//! - the daemon task (here, and [`control`]) answers [`Call`]s from the control socket and the signal thread,
+//!   [`Command`](crate::session::supervisor::Command)s (mpsc) from the daemon task;
+//! - the daemon task (here, and `control`) answers [`Call`]s from the control socket and the signal thread,
 //!   runs reloads, and tells the service manager how things are ([`health`]);
 //! - everyone publishes [`Event`]s on one broadcast channel; subscribers that fall behind miss events.
 //!

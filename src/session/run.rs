@@ -1,7 +1,7 @@
 //! One session on the wire, from connect to close: a writer task and a reader task that never wait on each
 //! other, then the drain.
 //!
-//! The writer task sends what the detector thread could not send at once ([`super::outlet`]), as soon as the
+//! The writer task sends what the detector thread could not send at once (`session::outlet`), as soon as the
 //! connection is ready again, and after the end it sends `end`. The reader handles each server message the
 //! moment it arrives. Once the end is decided, the writer has `drain_timeout_ms` to send what is queued and
 //! `end`; the reader then waits at most as long for the final reply or the close; then a normal Close is sent.
