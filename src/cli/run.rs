@@ -12,10 +12,11 @@ use super::CliError;
 use crate::config;
 use crate::control::proto::Request;
 use crate::control::server::Call;
-use crate::daemon::{Daemon, DaemonError, Loader};
+use crate::daemon::{Daemon, Loader};
 
 pub fn run(path: Option<&Path>) -> Result<(), CliError> {
     let loaded = super::load(path)?;
+    usable(&loaded.config)?;
     let log = crate::logging::init(&loaded.config.log);
     let shutdown = CancellationToken::new();
     let explicit = path.map(Path::to_path_buf);
@@ -31,13 +32,21 @@ pub fn run(path: Option<&Path>) -> Result<(), CliError> {
     };
     runtime.block_on(daemon.run(control)).map(drop).map_err(|e| {
         tracing::error!("{e}");
-        match e {
-            // Settings that validation let through but that cannot be used: a restart would fail the same way.
-            DaemonError::Session(e) => CliError::Setting(e.to_string()),
-            DaemonError::Wake(e) => CliError::Setting(e.to_string()),
-            e => CliError::Failure(e.into()),
-        }
+        CliError::Failure(e.into())
     })
+}
+
+/// What makes a valid configuration unusable, found before anything starts: a token or CA file that cannot be
+/// used, a wake-word model that does not load, a file source that is not a WAV file. A restart would fail the
+/// same way, so these are configuration errors (exit 78), for `run` and `check-config` alike.
+pub(super) fn usable(config: &crate::config::Config) -> Result<(), CliError> {
+    let setting = |e: &dyn std::fmt::Display| CliError::Setting(e.to_string());
+    crate::session::connect::Params::new(config).map_err(|e| setting(&e))?;
+    crate::daemon::build_detector(config).map_err(|e| setting(&format!("wake.models: {e}")))?;
+    if let crate::config::SourceSpec::File(path) = &config.audio.source {
+        crate::audio::probe_wav(path).map_err(|e| setting(&format!("audio.source: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The async runtime of the long-running commands, and the token the first SIGTERM/SIGINT cancels.

@@ -7,8 +7,11 @@ use anyhow::Context;
 
 use super::{CliError, Cli};
 
+/// Every check `run` makes before it touches a device or the network: the file, then the session settings (the
+/// token and CA files read and checked), the wake-word models loaded, a file source opened as a WAV file.
 pub fn check_config(path: Option<&Path>) -> Result<(), CliError> {
     let loaded = super::load(path)?;
+    super::run::usable(&loaded.config)?;
     let from = loaded.file.map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
     print!("# effective configuration (from {from} and VOXGATE_* variables)\n{}", crate::config::to_toml(&loaded.config));
     Ok(())

@@ -263,7 +263,7 @@ fn join_message(e: tokio::task::JoinError) -> String {
 }
 
 /// The wake-word detector `config` asks for; none in `always` and `manual` modes.
-pub(crate) fn build_detector(config: &Config) -> Result<Option<Detector>, WakeError> {
+pub fn build_detector(config: &Config) -> Result<Option<Detector>, WakeError> {
     let spec = FrameSpec::from_config(&config.audio);
     match config.wake.mode {
         WakeMode::Wakeword => Ok(Some(Detector::new(&config.wake, spec, config.session.preroll_ms)?)),

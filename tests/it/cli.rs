@@ -47,6 +47,35 @@ fn bad_config_exits_78_naming_file_and_key() {
     assert!(err.contains("audio.sample_rate") && err.contains("out of range") && err.contains("bad.toml"), "{err}");
 }
 
+/// What `run` would refuse, `check-config` refuses too, before any device or network is touched: exit 78 with
+/// the key, never a run that exits 1 and is restarted into the same error.
+#[test]
+fn unusable_files_are_configuration_errors_for_check_config_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_wav = dir.path().join("notes.wav");
+    std::fs::write(&not_wav, "these are words, not audio").unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "two\nlines\n").unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let model = dir.path().join("model.rpw");
+    std::fs::write(&model, "not a model").unwrap();
+    let cases: [(&str, String, &str); 4] = [
+        ("VOXGATE_AUDIO__SOURCE", format!("file:{}", not_wav.display()), "audio.source"),
+        ("VOXGATE_SESSION__TOKEN_FILE", token.display().to_string(), "session.token_file"),
+        ("VOXGATE_SESSION__CA_FILE", not_pem.display().to_string(), "session.ca_file"),
+        ("VOXGATE_WAKE__MODELS", model.display().to_string(), "wake.models"),
+    ];
+    for (var, value, key) in &cases {
+        for cmd in ["check-config", "run"] {
+            let out = voxgate().arg(cmd).env(var, value).env("VOXGATE_SESSION__URL", "wss://speech.example/").output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(78), "{cmd} with {var}: {err}");
+            assert!(err.contains(key), "{cmd} with {var}: {err}");
+        }
+    }
+}
+
 #[test]
 fn missing_explicit_config_is_a_config_error() {
     let out = voxgate().args(["check-config", "--config", "/nonexistent/voxgate.toml"]).output().unwrap();
