@@ -242,6 +242,20 @@ mod tests {
     use crate::config::Config;
     use crate::session::SessionQueue;
 
+    /// A session request as a trigger makes it, without pre-roll.
+    fn manual(queue: Arc<SessionQueue>) -> SessionRequest {
+        SessionRequest {
+            trigger: crate::session::Trigger::Manual,
+            wakeword: None,
+            score: None,
+            t_ms: 0,
+            first_seq: 0,
+            preroll_ms: 0,
+            session: uuid::Uuid::new_v4().to_string(),
+            queue,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn failed_sessions_back_off_exponentially_with_jitter() {
         // A port nobody listens on: every session fails.
@@ -254,16 +268,7 @@ mod tests {
         let (_commands_tx, commands) = mpsc::channel(1);
         let supervisor = Supervisor::new(Params::new(&config).unwrap(), reporter, requests, commands);
         let task = tokio::spawn(supervisor.run(CancellationToken::new()));
-        let request = || SessionRequest {
-            trigger: crate::session::Trigger::Manual,
-            wakeword: None,
-            score: None,
-            t_ms: 0,
-            first_seq: 0,
-            preroll_ms: 0,
-            session: uuid::Uuid::new_v4().to_string(),
-            queue: Arc::new(SessionQueue::new(4, false, 0)),
-        };
+        let request = || manual(Arc::new(SessionQueue::new(4, false, 0)));
         let mut last_end = None;
         for i in 0..6u32 {
             tx.send(request()).await.unwrap();
@@ -321,17 +326,7 @@ mod tests {
         let task = tokio::spawn(Supervisor::new(Params::new(&config).unwrap(), reporter, requests, commands).run(CancellationToken::new()));
         let request = || {
             let queue = Arc::new(SessionQueue::new(4, false, 0));
-            let req = SessionRequest {
-                trigger: crate::session::Trigger::Manual,
-                wakeword: None,
-                score: None,
-                t_ms: 0,
-                first_seq: 0,
-                preroll_ms: 0,
-                session: uuid::Uuid::new_v4().to_string(),
-                queue: queue.clone(),
-            };
-            (req, queue)
+            (manual(queue.clone()), queue)
         };
         enum Step {
             Command(Command),

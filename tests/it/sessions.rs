@@ -793,7 +793,7 @@ async fn capture_losses_are_seq_gaps_the_server_can_see() {
     let mut server = test_server(Misbehave::Plain).await;
     let mic = FakeMic::numbered();
     let config = format!(
-        "[audio]\nsource = \"alsa:fakemic\"\n[wake]\nmode = \"manual\"\n[session]\nurl = \"{}\"\npreroll_ms = 0\nno_speech_ms = 60000\nmax_ms = 60000\n[log]\nformat = \"text\"\n",
+        "[audio]\nsource = \"alsa:fakemic\"\n[wake]\nmode = \"manual\"\n[session]\nurl = \"{}\"\npreroll_ms = 0\nend_silence_ms = 10000\nno_speech_ms = 60000\nmax_ms = 60000\n[log]\nformat = \"text\"\n",
         server.url
     );
     let alsa = mic.alsa_config().display().to_string();
@@ -808,8 +808,9 @@ async fn capture_losses_are_seq_gaps_the_server_can_see() {
     let frames = server.audio.recv().await.unwrap();
     let (seqs, end) = server.seqs.recv().await.unwrap();
     let end = end.expect("an end message");
-    assert!(end["reason"] == "no_speech" || end["reason"] == "max_duration", "{end}");
-    assert!(frames.len() > 100, "{} frames", frames.len());
+    // However the audio clock ends it (the numbering is not speech, but a voice detector may think so).
+    assert!(["no_speech", "max_duration", "silence"].contains(&end["reason"].as_str().unwrap_or_default()), "{end}");
+    assert!(frames.len() >= 40, "{} frames", frames.len());
     // Sample value minus 320 × seq is the same for every sample of every frame the server got.
     let offset = |seq: u64, i: usize, v: i16| (v as i64 - (seq as i64 * 320 + i as i64)).rem_euclid(NUMBERED);
     let base = offset(frames[0].0, 0, frames[0].1[0]);
