@@ -249,7 +249,9 @@ impl Daemon {
         let frame_ms = config.audio.frame_ms as u64;
         let summary =
             Summary { frames: counters.audio_frames, audio_ms: counters.audio_frames * frame_ms, overruns: counters.overruns, detector, sessions: totals };
-        tracing::info!(frames = summary.frames, overruns = summary.overruns, sessions = summary.sessions.sessions, "captured {} ms of audio", summary.audio_ms);
+        let scored = summary.detector.map_or(0, |d| d.frames_scored);
+        tracing::info!(frames = summary.frames, overruns = summary.overruns, frames_scored = scored, sessions = summary.sessions.sessions,
+            "captured {} ms of audio; the wake-word detector scored {} frames of it", summary.audio_ms, scored);
         Ok(summary)
     }
 }

@@ -265,18 +265,26 @@ impl Side {
                     Err(_) => break,
                 },
                 recv(commands) -> cmd => match cmd {
+                    // A command whose asker has given up waiting (and reported a failure) is not carried out
+                    // late: what the asker said stays true.
                     Ok(Command::Trigger(reply)) => {
-                        let _ = reply.send(self.trigger());
+                        if !reply.is_closed() {
+                            let _ = reply.send(self.trigger());
+                        }
                     }
                     Ok(Command::Mute(on, done)) => {
-                        self.mute(on);
-                        let _ = done.send(());
+                        if !done.is_closed() {
+                            self.mute(on);
+                            let _ = done.send(());
+                        }
                     }
                     Ok(Command::Reconfigure(setup, done)) => {
-                        if let Some(f) = self.reconfigure(*setup) {
-                            frames = f;
+                        if !done.is_closed() {
+                            if let Some(f) = self.reconfigure(*setup) {
+                                frames = f;
+                            }
+                            let _ = done.send(());
                         }
-                        let _ = done.send(());
                     }
                     // The handle is gone: the daemon is done with us.
                     Err(_) => break,

@@ -340,4 +340,15 @@ mod tests {
         none.push(frame(0));
         assert_eq!(none.last(1).count(), 0);
     }
+
+    #[test]
+    fn digital_silence_is_not_scored_once_the_gate_has_learnt_it() {
+        let spec = FrameSpec { sample_rate: 16000, frame_ms: 20 };
+        let mut d = Detector::new(&WakeConfig::default(), spec, 2000).unwrap();
+        for seq in 0..1000 {
+            assert!(d.push(Frame { seq, captured: std::time::Instant::now(), pcm: vec![0; 320] }).is_none());
+        }
+        // Open for the first two seconds, until the floor is known; closed for the eighteen after.
+        assert!(d.stats.frames_scored <= 2 * GATE_HANGOVER_MS / 20, "{:?}", d.stats);
+    }
 }
