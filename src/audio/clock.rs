@@ -4,6 +4,7 @@
 //! Every wait also ends when the source's [`Stop`] fires, so a source thread never outlives its handle for
 //! longer than it takes to notice.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,6 +12,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 /// The stop signal of one source thread. The handle owner fires it once; the source thread waits on it
 /// through the channel (`recv`), the file descriptor (`poll`) or its parked thread, whichever it sleeps on.
@@ -62,6 +64,15 @@ impl Stop {
     /// Readable (at EOF) once stopped; for `poll(2)` next to another descriptor.
     pub fn fd(&self) -> &UnixStream {
         &self.0.wake_fd
+    }
+
+    /// Waits until `fd` is readable, the signal fires, or `timeout` passes, whichever is first: (`fd` may be
+    /// read, stopped). A readiness the kernel reports in a way nix does not know counts as readable: the read
+    /// then says what it is. Interrupted by a signal handler: `EINTR`, to wait again.
+    pub fn wait_readable(&self, fd: BorrowedFd<'_>, timeout: PollTimeout) -> nix::Result<(bool, bool)> {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN), PollFd::new(self.0.wake_fd.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, timeout)?;
+        Ok((fds[0].any().unwrap_or(true), fds[1].any().unwrap_or(false) || self.is_stopped()))
     }
 
     /// Registers the calling thread to be unparked on stop.

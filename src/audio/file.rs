@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hound::{SampleFormat, WavReader, WavSpec};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollTimeout;
 
 use super::{AudioError, Converter, FrameSink, SourceContext};
 use crate::config::{FilePacing, SourceSpec};
@@ -252,15 +252,12 @@ impl Follower {
                 return Ok(Growth::Idle);
             }
             let timeout = PollTimeout::try_from((deadline - now).as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
-            let (grew, stopped) = {
-                let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN), PollFd::new(ctx.stop.fd().as_fd(), PollFlags::POLLIN)];
-                match poll(&mut fds, timeout) {
-                    Ok(_) => (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false)),
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(AudioError::Read { what: format!("changes to WAV file {}", self.path.display()), source: e.into() }),
-                }
+            let (grew, stopped) = match ctx.stop.wait_readable(self.inotify.as_fd(), timeout) {
+                Ok(r) => r,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(AudioError::Read { what: format!("changes to WAV file {}", self.path.display()), source: e.into() }),
             };
-            if stopped || ctx.stop.is_stopped() {
+            if stopped {
                 return Ok(Growth::Stopped);
             }
             if grew {

@@ -4,7 +4,7 @@
 
 use std::os::fd::AsFd;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollTimeout;
 
 use super::{AudioError, FrameSink, SourceContext};
 
@@ -17,15 +17,12 @@ pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioEr
     let stdin = std::io::stdin();
     let mut filled = 0;
     loop {
-        let (readable, stopped) = {
-            let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN), PollFd::new(ctx.stop.fd().as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => (fds[0].any().unwrap_or(true), fds[1].any().unwrap_or(false)),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(failed(e.into())),
-            }
+        let (readable, stopped) = match ctx.stop.wait_readable(stdin.as_fd(), PollTimeout::NONE) {
+            Ok(r) => r,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(failed(e.into())),
         };
-        if stopped || ctx.stop.is_stopped() {
+        if stopped {
             return Ok(());
         }
         if !readable {
