@@ -142,9 +142,7 @@ impl FrameSink {
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
         true
     }
-}
 
-impl FrameSink {
     /// `frames` were lost before they became frames (a capture ring overflow): their numbers are skipped, so
     /// whoever receives the frames after them sees the gap, and they are counted as overruns.
     pub fn skip(&mut self, frames: u64) {

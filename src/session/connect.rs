@@ -106,10 +106,11 @@ fn authorization(path: &Path) -> Result<HeaderValue, ParamsError> {
     if token.is_empty() {
         return Err(ParamsError::TokenEmpty { path: shown });
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ParamsError::TokenValue { path: shown.clone() })?;
+    // A header value may hold spaces but no line break; a token holds neither.
     if token.contains(char::is_whitespace) {
         return Err(ParamsError::TokenValue { path: shown });
     }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ParamsError::TokenValue { path: shown })?;
     value.set_sensitive(true);
     Ok(value)
 }
