@@ -2,12 +2,11 @@
 //! `audio.sample_rate`) to a WAV file. For checking a microphone, and for recording wake-word samples.
 //!
 //! However it stops (the time asked for, the end of the source, or a stop request such as SIGINT/SIGTERM
-//! through [`on_signals`]), the source is stopped and the file is finished, its header sizes written.
+//! through the stop handle `record` hands out), the source is stopped and the file is finished, its header
+//! sizes written.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-
-use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::audio::{self, AudioError, AudioSource, Stop, SystemClock};
 use crate::config::AudioConfig;
@@ -32,22 +31,9 @@ pub enum RecordError {
     Signals(std::io::Error),
 }
 
-/// Stops the recording on the first SIGINT or SIGTERM (a second one exits at once).
-pub fn on_signals(stop: Stop) -> std::io::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    std::thread::Builder::new().name("voxgate-signals".into()).spawn(move || {
-        for signal in signals.forever() {
-            if stop.is_stopped() {
-                std::process::exit(128 + signal);
-            }
-            stop.stop();
-        }
-    })?;
-    Ok(())
-}
-
 /// Records up to `max_ms` of audio (or until the source ends, or is stopped) to `out`. `watch` is given the
-/// source's stop handle before the first frame, to stop it from elsewhere (see [`on_signals`]).
+/// source's stop handle before the first frame, to stop it from elsewhere
+/// (`voxgate record` stops it on SIGINT/SIGTERM).
 pub fn record(audio: &AudioConfig, out: &Path, max_ms: Option<u64>, watch: impl FnOnce(Stop) -> std::io::Result<()>) -> Result<Recorded, RecordError> {
     let failed = |source| RecordError::Write { path: out.to_path_buf(), source };
     let spec = hound::WavSpec { channels: 1, sample_rate: audio.sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };

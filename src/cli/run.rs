@@ -12,11 +12,10 @@ use super::CliError;
 use crate::config;
 use crate::control::proto::Request;
 use crate::control::server::Call;
-use crate::daemon::{Daemon, Loader};
+use crate::daemon::{Daemon, DaemonError, Loader};
 
 pub fn run(path: Option<&Path>) -> Result<(), CliError> {
     let loaded = super::load(path)?;
-    usable(&loaded.config)?;
     let log = crate::logging::init(&loaded.config.log);
     let shutdown = CancellationToken::new();
     let explicit = path.map(Path::to_path_buf);
@@ -32,21 +31,12 @@ pub fn run(path: Option<&Path>) -> Result<(), CliError> {
     };
     runtime.block_on(daemon.run(control)).map(drop).map_err(|e| {
         tracing::error!("{e}");
-        CliError::Failure(e.into())
+        match e {
+            // Found before anything started; a restart would fail the same way.
+            DaemonError::Unusable(e) => CliError::Setting(e.to_string()),
+            e => CliError::Failure(e.into()),
+        }
     })
-}
-
-/// What makes a valid configuration unusable, found before anything starts: a token or CA file that cannot be
-/// used, a wake-word model that does not load, a file source that is not a WAV file. A restart would fail the
-/// same way, so these are configuration errors (exit 78), for `run` and `check-config` alike.
-pub(super) fn usable(config: &crate::config::Config) -> Result<(), CliError> {
-    let setting = |e: &dyn std::fmt::Display| CliError::Setting(e.to_string());
-    crate::session::connect::Params::new(config).map_err(|e| setting(&e))?;
-    crate::daemon::build_detector(config).map_err(|e| setting(&format!("wake.models: {e}")))?;
-    if let crate::config::SourceSpec::File(path) = &config.audio.source {
-        crate::audio::probe_wav(path).map_err(|e| setting(&format!("audio.source: {e}")))?;
-    }
-    Ok(())
 }
 
 /// The async runtime of the long-running commands, and the token the first SIGTERM/SIGINT cancels.
@@ -58,18 +48,20 @@ pub(super) fn runtime_with_signals() -> Result<(tokio::runtime::Runtime, Cancell
 /// The async runtime, with signals watched: the first SIGTERM/SIGINT cancels `shutdown`, SIGHUP asks `reload`
 /// (when given) to reload.
 fn runtime(shutdown: CancellationToken, reload: Option<mpsc::Sender<Call>>) -> Result<tokio::runtime::Runtime, CliError> {
-    watch_signals(shutdown, reload).context("cannot install signal handlers")?;
+    watch_signals(move || shutdown.cancel(), reload).context("cannot install signal handlers")?;
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start the async runtime")?)
 }
 
-/// The first SIGTERM/SIGINT asks for a clean shutdown; a second one exits at once. SIGHUP sends a reload.
-fn watch_signals(shutdown: CancellationToken, reload: Option<mpsc::Sender<Call>>) -> std::io::Result<()> {
+/// The first SIGTERM/SIGINT calls `stop`, for a clean end; a second one exits at once, with 128 + its number.
+/// SIGHUP sends a reload to `reload`, when given. For every command that runs until it is stopped.
+pub(super) fn watch_signals(stop: impl Fn() + Send + 'static, reload: Option<mpsc::Sender<Call>>) -> std::io::Result<()> {
     let mut wanted = vec![SIGTERM, SIGINT];
     if reload.is_some() {
         wanted.push(SIGHUP);
     }
     let mut signals = signal_hook::iterator::Signals::new(wanted)?;
     std::thread::Builder::new().name("voxgate-signals".into()).spawn(move || {
+        let mut stopping = false;
         for signal in signals.forever() {
             if signal == SIGHUP {
                 if let Some(calls) = &reload {
@@ -81,11 +73,12 @@ fn watch_signals(shutdown: CancellationToken, reload: Option<mpsc::Sender<Call>>
                 }
                 continue;
             }
-            if shutdown.is_cancelled() {
+            if stopping {
                 eprintln!("voxgate: second signal {signal}: exiting at once");
                 std::process::exit(128 + signal);
             }
-            shutdown.cancel();
+            stopping = true;
+            stop();
         }
     })?;
     Ok(())

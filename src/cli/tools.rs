@@ -11,7 +11,7 @@ use super::{CliError, Cli};
 /// token and CA files read and checked), the wake-word models loaded, a file source opened as a WAV file.
 pub fn check_config(path: Option<&Path>) -> Result<(), CliError> {
     let loaded = super::load(path)?;
-    super::run::usable(&loaded.config)?;
+    crate::daemon::prepare(&loaded.config).map_err(|e| CliError::Setting(e.to_string()))?;
     let from = loaded.file.map(|f| f.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
     print!("# effective configuration (from {from} and VOXGATE_* variables)\n{}", crate::config::to_toml(&loaded.config));
     Ok(())
@@ -43,7 +43,7 @@ pub fn record(out: &Path, path: Option<&Path>, seconds: Option<f64>) -> Result<(
     let _log = super::quiet_log(&loaded.config.log);
     let max_ms = seconds.map(|s| (s.max(0.0) * 1000.0) as u64);
     let audio = &loaded.config.audio;
-    let r = crate::record::record(audio, out, max_ms, crate::record::on_signals).with_context(|| format!("cannot record to {}", out.display()))?;
+    let r = crate::record::record(audio, out, max_ms, |stop| super::run::watch_signals(move || stop.stop(), None)).with_context(|| format!("cannot record to {}", out.display()))?;
     eprintln!(
         "recorded {} frames ({} ms) to {}; {} frames lost, {} device samples lost",
         r.frames,

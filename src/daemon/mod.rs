@@ -32,7 +32,7 @@ use crate::audio::{self, AudioError, FrameSpec, SystemClock};
 use crate::config::{Config, SourceSpec, WakeMode};
 use crate::control::server::{Call, Listener as ControlListener};
 use crate::logging::LogHandle;
-use crate::session::connect::{Params, ParamsError};
+use crate::session::connect::Params;
 use crate::session::supervisor::{Supervisor, Totals};
 use crate::session::{Event, Reporter, State};
 use crate::wake::listener::{self, Listener, ListenerError};
@@ -45,9 +45,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Audio(#[from] AudioError),
     #[error(transparent)]
-    Wake(#[from] WakeError),
-    #[error(transparent)]
-    Session(#[from] ParamsError),
+    Unusable(#[from] Unusable),
     #[error(transparent)]
     Listener(#[from] ListenerError),
     #[error("the {what} panicked: {message}")]
@@ -143,8 +141,7 @@ impl Daemon {
         let prepared = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || -> Result<_, DaemonError> {
-                let params = Params::new(&config)?;
-                let detector = build_detector(&config)?;
+                let (params, detector) = prepare(&config)?;
                 let source = audio::start(&config.audio, SystemClock::shared())?;
                 Ok((params, detector, source))
             })
@@ -264,8 +261,26 @@ fn join_message(e: tokio::task::JoinError) -> String {
     }
 }
 
+/// A valid configuration that cannot be used: a token or CA file, a wake-word model or a WAV source that does
+/// not work. The message starts with the key. A restart would fail the same way: a configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unusable(String);
+
+/// What `run` needs from the configuration before it starts anything, each file read and checked: the session
+/// parameters and the wake-word detector; a `file:` source is opened as a WAV file. Blocking work. Also what
+/// `check-config` runs, so that both refuse the same configurations.
+pub fn prepare(config: &Config) -> Result<(Params, Option<Detector>), Unusable> {
+    let params = Params::new(config).map_err(|e| Unusable(e.to_string()))?;
+    let detector = build_detector(config).map_err(|e| Unusable(format!("wake.models: {e}")))?;
+    if let SourceSpec::File(path) = &config.audio.source {
+        audio::probe_wav(path).map_err(|e| Unusable(format!("audio.source: {e}")))?;
+    }
+    Ok((params, detector))
+}
+
 /// The wake-word detector `config` asks for; none in `always` and `manual` modes.
-pub fn build_detector(config: &Config) -> Result<Option<Detector>, WakeError> {
+pub(crate) fn build_detector(config: &Config) -> Result<Option<Detector>, WakeError> {
     let spec = FrameSpec::from_config(&config.audio);
     match config.wake.mode {
         WakeMode::Wakeword => Ok(Some(Detector::new(&config.wake, spec, config.session.preroll_ms)?)),
