@@ -10,8 +10,15 @@
 //! 4. The wake-up floor: what handing something to a parked thread or task costs on this machine, and what a
 //!    bare TCP write of one frame's bytes to a thread parked in `read` takes to arrive.
 //!
-//! `BENCH_FRAMES=N` shortens parts 1 and 4; `BENCH_ONLY=latency,detection,sessions,floor` (any of them) runs
-//! only those parts.
+//! 5. The whole daemon (`voxgate run`, the release binary) on a real-time feed through stdin to a loopback
+//!    server, as a satellite runs: nine 8 s cycles of a wake word and a command (from the demo recording),
+//!    then 60 s of digital silence. CPU per thread from /proc, the latency of every live frame from its write
+//!    to the daemon's stdin to its arrival at the server, and how long after its last frame was written each
+//!    wake word's session reaches the server. Each frame carries its own number in the lowest bit of its first
+//!    samples, so the server knows exactly which write it is.
+//!
+//! `VOXGATE_BENCH_BIN=path` runs part 5 on another build. `BENCH_FRAMES=N` shortens parts 1 and 4; `BENCH_ONLY=latency,detection,sessions,floor,daemon` (any of them)
+//! runs only those parts.
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
@@ -396,5 +403,155 @@ fn main() {
         if run("floor") {
             wakeup_floor(frames.min(3000) as usize).await;
         }
+        if run("daemon") {
+            daemon_on_a_live_feed().await;
+        }
     });
+}
+
+/// Bits of a frame's number carried in the lowest bit of its first samples.
+const SEQ_BITS: usize = 24;
+
+fn stamp(frame: &mut [i16], seq: u64) {
+    for (i, s) in frame.iter_mut().take(SEQ_BITS).enumerate() {
+        *s = (*s & !1) | ((seq >> i) & 1) as i16;
+    }
+}
+
+fn stamped(pcm: &[u8]) -> u64 {
+    (0..SEQ_BITS).map(|i| ((pcm[2 * i] & 1) as u64) << i).sum()
+}
+
+/// CPU time so far of each thread of `pid`, by thread name (ns, from /proc/PID/task/*/schedstat).
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_string();
+        let ns = std::fs::read_to_string(task.path().join("schedstat")).ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+        *by_name.entry(name).or_insert(0) += ns;
+    }
+    by_name
+}
+
+/// Share of one core each thread used between two samples, busiest first, and the whole.
+fn cpu_between(before: &std::collections::BTreeMap<String, u64>, after: &std::collections::BTreeMap<String, u64>, wall: Duration) -> String {
+    let share = |ns: u64| ns as f64 / wall.as_nanos() as f64 * 100.0;
+    let mut rows: Vec<(u64, &String)> = after.iter().map(|(name, ns)| (ns - before.get(name).copied().unwrap_or(0), name)).collect();
+    rows.sort_by(|a, b| b.cmp(a));
+    let total: u64 = rows.iter().map(|(ns, _)| ns).sum();
+    let parts: Vec<String> = rows.iter().filter(|(ns, _)| *ns > 0).map(|(ns, name)| format!("{name} {:.3}", share(*ns))).collect();
+    format!("**{:.3} %** of a core ({})", share(total), parts.join(", "))
+}
+
+/// The first wake word and its command from the demo recording, padded to 8 s with the recording's own
+/// background: it ends at the first stretch of 1.2 s without speech after the command.
+fn wake_cycle() -> Vec<i16> {
+    let pcm: Vec<i16> = hound::WavReader::new(std::io::Cursor::new(voxgate::demo::DEMO_WAV)).unwrap().samples::<i16>().map(Result::unwrap).collect();
+    let frames: Vec<&[i16]> = pcm.chunks_exact(320).collect();
+    let loud: Vec<bool> = frames.iter().map(|f| voxgate::audio::level_dbfs(f) > -40.0).collect();
+    let first_speech = loud.iter().position(|l| *l).expect("the demo recording has speech");
+    let quiet = 60;
+    let end = (first_speech + 1..loud.len()).find(|&i| i >= quiet && loud[i - quiet..i].iter().all(|l| !l)).expect("a pause after the command");
+    let background: Vec<i16> = frames[..first_speech].concat();
+    let mut cycle: Vec<i16> = frames[..end].concat();
+    while cycle.len() < 8 * 16000 {
+        cycle.extend_from_slice(&background[..background.len().min(8 * 16000 - cycle.len())]);
+    }
+    cycle
+}
+
+/// Part 5: `voxgate run` on stdin at real time, sessions to a loopback server.
+async fn daemon_on_a_live_feed() {
+    const CYCLES: usize = 9;
+    const SILENCE_S: usize = 60;
+    // Silence before the measured minute: the gate learns it and closes.
+    const SETTLE_S: usize = 3;
+    let (url, log) = timing_server(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("voxgate.toml");
+    std::fs::write(&config, format!("[audio]\nsource = \"stdin\"\n[session]\nurl = \"{url}\"\n[control]\nsocket = \"\"\n[log]\nformat = \"text\"\n")).unwrap();
+    // VOXGATE_BENCH_BIN: another build of voxgate to measure the same way (an older commit, side by side).
+    let bin = std::env::var_os("VOXGATE_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_voxgate").into());
+    let mut child = std::process::Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("voxgate.log")).unwrap())
+        .spawn()
+        .expect("the release binary runs");
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+
+    // What is written, in 20 ms frames: a second of silence to start, the cycles, then the silence.
+    let cycle = wake_cycle();
+    let mut audio: Vec<Vec<i16>> = Vec::new();
+    audio.extend((0..50).map(|_| vec![0i16; 320]));
+    let cycles_from = audio.len();
+    for _ in 0..CYCLES {
+        audio.extend(cycle.chunks_exact(320).map(<[i16]>::to_vec));
+    }
+    let cycles_to = audio.len();
+    let silence_from = audio.len() + SETTLE_S * 50;
+    audio.extend((0..(SETTLE_S + SILENCE_S) * 50).map(|_| vec![0i16; 320]));
+    // CPU is sampled as the first frame of each is written, and after the last.
+    let marks = [cycles_from, cycles_to, silence_from];
+
+    let feeder = std::thread::Builder::new().name("feeder".into()).spawn(move || {
+        let ticks = crossbeam_channel::tick(Duration::from_millis(20));
+        let mut written = Vec::with_capacity(audio.len());
+        let mut samples = Vec::new();
+        for (seq, mut frame) in audio.into_iter().enumerate() {
+            let _ = ticks.recv();
+            if marks.contains(&seq) {
+                samples.push((Instant::now(), thread_cpu(pid)));
+            }
+            stamp(&mut frame, seq as u64);
+            let bytes: Vec<u8> = frame.iter().flat_map(|s| s.to_le_bytes()).collect();
+            stdin.write_all(&bytes).unwrap();
+            written.push(Instant::now());
+        }
+        let _ = ticks.recv();
+        samples.push((Instant::now(), thread_cpu(pid)));
+        drop(stdin);
+        (written, samples)
+    }).unwrap();
+    let (written, samples) = tokio::task::spawn_blocking(move || feeder.join().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "voxgate run: {status}");
+
+    // Sessions as the server saw them: each `start`, then its frames.
+    let log = log.lock().unwrap();
+    let mut live = Vec::new();
+    let mut wake_to_start = Vec::new();
+    let mut sessions = 0;
+    let mut start_at = None;
+    for (at, m) in log.iter() {
+        match m {
+            ClientMessage::Start { preroll_ms, .. } => {
+                sessions += 1;
+                start_at = Some((*at, preroll_ms / 20));
+            }
+            ClientMessage::Audio { seq, pcm } => {
+                let Some((started, preroll)) = start_at else { continue };
+                let source_seq = stamped(pcm) as usize;
+                if *seq + 1 == preroll {
+                    // The pre-roll's last frame is the one that completed the wake word.
+                    wake_to_start.push((started - written[source_seq]).as_secs_f64() * 1000.0);
+                }
+                // Live frames: written after the session reached the server.
+                if written[source_seq] > started {
+                    live.push((*at - written[source_seq]).as_secs_f64() * 1000.0);
+                }
+            }
+            ClientMessage::End { .. } => start_at = None,
+        }
+    }
+    println!(
+        "| daemon: {CYCLES} cycles of wake word + command, 8 s each, stdin at real time → loopback server | {sessions} sessions | {} | |",
+        cpu_between(&samples[0].1, &samples[1].1, samples[1].0 - samples[0].0)
+    );
+    println!("| daemon: {SILENCE_S} s of digital silence | | {} | |", cpu_between(&samples[2].1, &samples[3].1, samples[3].0 - samples[2].0));
+    println!("| live frame latency, write to stdin → server (tokio) | {} frames | {} | |", live.len(), summarise(&mut live));
+    println!("| wake word's last frame written → `start` at the server | {} sessions | {} | |", wake_to_start.len(), summarise(&mut wake_to_start));
 }

@@ -12,6 +12,7 @@
 //!  (audio::device|file|stdin;                                                           (wake::listener; owns
 //!   cpal callback ─rtrb ring + loss ring─▶ capture thread)                              detection, pre-roll,
 //!                                                                                        the open session's feed)
+//!       detector thread ──audio::Pace (an atomic; per frame, or 500 ms batches while idle)──▶ capture thread
 //!       detector thread ──SessionRequest (tokio mpsc, bounded 4, never waited on)──▶ supervisor task
 //!       detector thread ──frames──▶ SessionQueue (one per session; drop-oldest) ──▶ session task's writer,
 //!                                   or straight onto the socket from the detector thread (session::outlet)

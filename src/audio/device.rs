@@ -6,7 +6,7 @@
 //! second small ring, and the capture thread turns each loss into whole frames that the frame numbers skip,
 //! so a session's server sees every capture loss as a gap in `seq`. The capture thread (ours) owns the cpal
 //! stream, drains the ring through the [`Converter`] into frames, and rebuilds the stream with capped exponential backoff when the device is missing, busy or
-//! lost. cpal's error callback only records the first error and unparks the capture thread: some backends
+//! lost. While the consumer relaxes the [`Pace`], the callback wakes the capture thread once per batch. cpal's error callback only records the first error and unparks the capture thread: some backends
 //! call it in a busy loop once a device is gone, and the stream is dropped from outside.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +16,8 @@ use std::time::Duration;
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig, SupportedStreamConfigRange};
 
-use super::{AudioError, Converter, FrameSink, SourceContext};
+use super::pace::RELAXED_BATCH;
+use super::{AudioError, Converter, FrameSink, Pace, SourceContext};
 use crate::config::{AudioConfig, CaptureFormat, SourceSpec};
 
 /// First wait before reopening a device that failed.
@@ -202,6 +203,8 @@ pub fn choose(ranges: &[ConfigRange], target_rate: u32, audio: &AudioConfig) -> 
 /// Shared between the cpal callbacks and the capture thread.
 struct Shared {
     capture_thread: std::thread::Thread,
+    /// Relaxed: the capture thread is woken once per batch instead of once per callback.
+    pace: Arc<Pace>,
     failed: AtomicBool,
     /// First error of this stream; later ones (a busy loop, on some backends) are ignored.
     error: OnceLock<String>,
@@ -273,7 +276,7 @@ impl Writer {
     }
 }
 
-fn open(ctx: &SourceContext, name: &str) -> Result<Opened, DeviceError> {
+fn open(ctx: &SourceContext, name: &str, pace: Arc<Pace>) -> Result<Opened, DeviceError> {
     let device = find(name)?;
     let label = device.id().map(|i| i.to_string()).unwrap_or_else(|_| name.to_string());
     let ranges: Vec<ConfigRange> = device
@@ -289,7 +292,7 @@ fn open(ctx: &SourceContext, name: &str) -> Result<Opened, DeviceError> {
     let (producer, ring) = rtrb::RingBuffer::new(chosen.rate as usize * chosen.channels as usize * RING_MS / 1000);
     let (loss_tx, losses) = rtrb::RingBuffer::new(LOSSES);
     let producer = Writer { ring: producer, losses: loss_tx, channels: chosen.channels as usize, stored: 0, pending: None };
-    let shared = Arc::new(Shared { capture_thread: std::thread::current(), failed: AtomicBool::new(false), error: OnceLock::new() });
+    let shared = Arc::new(Shared { capture_thread: std::thread::current(), pace, failed: AtomicBool::new(false), error: OnceLock::new() });
     let config = StreamConfig { channels: chosen.channels, sample_rate: chosen.rate, buffer_size: cpal::BufferSize::Default };
     let stream = match chosen.format {
         SampleFormat::I16 => build::<i16>(&device, config, producer, &shared, ctx),
@@ -333,11 +336,18 @@ where
     let data_shared = shared.clone();
     let err_shared = shared.clone();
     let stats = ctx.stats.clone();
+    // Device samples in a relaxed batch, and those stored since the capture thread was last woken.
+    let batch = config.sample_rate as usize * config.channels as usize * RELAXED_BATCH.as_millis() as usize / 1000;
+    let mut held = 0;
     device.build_input_stream::<T, _, _>(
         config,
         move |data: &[T], _| {
             producer.write(data, &stats);
-            data_shared.capture_thread.unpark();
+            held += data.len();
+            if !data_shared.pace.relaxed() || held >= batch {
+                held = 0;
+                data_shared.capture_thread.unpark();
+            }
         },
         move |e: cpal::Error| {
             if e.kind() == cpal::ErrorKind::DeviceChanged {
@@ -361,7 +371,7 @@ pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioEr
     let mut delays = crate::backoff::delays(BACKOFF_START, BACKOFF_MAX, false);
     let mut last_error: Option<String> = None;
     while !ctx.stop.is_stopped() {
-        let failure = match open(&ctx, &name) {
+        let failure = match open(&ctx, &name, sink.pace()) {
             Ok(opened) => {
                 ctx.stats.opens.fetch_add(1, Ordering::Relaxed);
                 let state = format!("capturing from {name} ({})", opened.chosen);
@@ -484,7 +494,7 @@ mod tests {
         let mut reader = Reader { ring, losses, channels: 2, read: 0, conv: Converter::new(2, 8000, 8000, 4).unwrap() };
         let stats = Arc::new(crate::audio::AudioStats::default());
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut sink = FrameSink { tx, live: true, stats: stats.clone(), stop: crate::audio::Stop::new().unwrap(), next_seq: 0 };
+        let mut sink = FrameSink { tx, live: true, stats: stats.clone(), stop: crate::audio::Stop::new().unwrap(), pace: Default::default(), next_seq: 0 };
         let device = |from: u32, n: u32| -> Vec<i16> { (from..from + n).flat_map(|v| [v as i16, v as i16]).collect() };
         let mut next = 0;
         // Callbacks of 7 device frames, the reader taking what is there after every second one: the ring overflows.

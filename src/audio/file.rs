@@ -18,7 +18,7 @@ use std::time::Duration;
 use hound::{SampleFormat, WavReader, WavSpec};
 use nix::poll::PollTimeout;
 
-use super::{AudioError, Converter, FrameSink, SourceContext};
+use super::{AudioError, Converter, FrameSink, Pace, SourceContext};
 use crate::config::{FilePacing, SourceSpec};
 
 /// Bytes read per step: 4 KiB.
@@ -110,7 +110,10 @@ pub(crate) fn run(ctx: SourceContext, mut sink: FrameSink) -> Result<(), AudioEr
     let mut samples = Vec::with_capacity(READ_BYTES);
 
     let frame_ms = ctx.spec.frame_ms;
-    let mut emit = |pcm: Vec<i16>| pacer.wait_turn(&ctx, frame_ms) && sink.push(pcm);
+    let mut emit = |pcm: Vec<i16>| {
+        let relaxed = sink.relaxed();
+        pacer.wait_turn(&ctx, frame_ms, relaxed) && sink.push(pcm)
+    };
     loop {
         samples.clear();
         match data.next_block(&mut samples)? {
@@ -207,13 +210,20 @@ impl Pacer {
         Pacer { realtime: ctx.config.file_pacing == FilePacing::Realtime, start: ctx.clock.now(), emitted: 0 }
     }
 
-    /// Waits until the next frame is due; `false` when stopped.
-    fn wait_turn(&mut self, ctx: &SourceContext, frame_ms: u32) -> bool {
+    /// Waits until the next frame is due; `false` when stopped. `relaxed`: until the end of the relaxed batch it
+    /// belongs to, so a batch goes at once (see [`crate::audio::pace`]).
+    fn wait_turn(&mut self, ctx: &SourceContext, frame_ms: u32, relaxed: bool) -> bool {
         self.emitted += 1;
         if !self.realtime {
             return !ctx.stop.is_stopped();
         }
-        let due = self.start + Duration::from_millis(self.emitted * frame_ms as u64);
+        let upto = if relaxed {
+            let batch = Pace::batch_frames(frame_ms);
+            self.emitted.div_ceil(batch) * batch
+        } else {
+            self.emitted
+        };
+        let due = self.start + Duration::from_millis(upto * frame_ms as u64);
         ctx.clock.sleep_until(due, &ctx.stop)
     }
 }

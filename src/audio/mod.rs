@@ -11,6 +11,7 @@ pub mod clock;
 mod convert;
 pub mod device;
 mod file;
+pub mod pace;
 mod stdin;
 
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use crossbeam_channel::{Receiver, Sender};
 pub use clock::{Clock, ManualClock, Stop, SystemClock};
 pub use convert::Converter;
 pub use file::{WavInfo, probe as probe_wav};
+pub use pace::Pace;
 
 use crate::config::{AudioConfig, FilePacing, SourceSpec};
 
@@ -116,10 +118,20 @@ pub(crate) struct FrameSink {
     live: bool,
     stats: Arc<AudioStats>,
     stop: Stop,
+    pace: Arc<Pace>,
     next_seq: u64,
 }
 
 impl FrameSink {
+    pub(crate) fn pace(&self) -> Arc<Pace> {
+        self.pace.clone()
+    }
+
+    /// Whether the consumer lets the source batch its frames (see [`pace`]).
+    pub fn relaxed(&self) -> bool {
+        self.live && self.pace.relaxed()
+    }
+
     /// Hands one frame over. Returns `false` once nobody listens any more (or the source was stopped).
     pub fn push(&mut self, pcm: Vec<i16>) -> bool {
         let frame = Frame { seq: self.next_seq, captured: Instant::now(), pcm };
@@ -151,11 +163,20 @@ impl FrameSink {
     }
 }
 
+/// What the consumer of a source holds: its frames, and the pace it wants them at.
+#[derive(Clone)]
+pub struct Feed {
+    pub frames: Receiver<Frame>,
+    pub pace: Arc<Pace>,
+}
+
 /// Handle on a running source. Dropping it stops the source thread and joins it.
 pub struct AudioSource {
     /// Frames in capture order; closed when the source ends.
     pub frames: Receiver<Frame>,
     pub stats: Arc<AudioStats>,
+    /// The pace the consumer wants the frames at; attentive unless it relaxes it.
+    pub pace: Arc<Pace>,
     pub spec: FrameSpec,
     /// A human-readable name of the source, for logs ("alsa:fakemic", "file /x.wav", "stdin").
     pub name: String,
@@ -164,6 +185,11 @@ pub struct AudioSource {
 }
 
 impl AudioSource {
+    /// The consumer's side: the frames and the pace.
+    pub fn feed(&self) -> Feed {
+        Feed { frames: self.frames.clone(), pace: self.pace.clone() }
+    }
+
     /// Asks the source to stop; frames already queued can still be received.
     pub fn stop(&self) {
         self.stop.stop();
@@ -237,7 +263,8 @@ pub fn start(audio: &AudioConfig, clock: Arc<dyn Clock>) -> Result<AudioSource, 
     }
     let (thread_name, run) = backend(source);
     let ctx = SourceContext { config: audio.clone(), spec, clock, stats: stats.clone(), stop: stop.clone() };
-    let sink = FrameSink { tx, live, stats: stats.clone(), stop: stop.clone(), next_seq: 0 };
+    let pace = Arc::new(Pace::default());
+    let sink = FrameSink { tx, live, stats: stats.clone(), stop: stop.clone(), pace: pace.clone(), next_seq: 0 };
     let thread = std::thread::Builder::new()
         .name(format!("voxgate-{thread_name}"))
         .spawn(move || run(ctx, sink))
@@ -245,6 +272,7 @@ pub fn start(audio: &AudioConfig, clock: Arc<dyn Clock>) -> Result<AudioSource, 
     Ok(AudioSource {
         frames: rx,
         stats,
+        pace,
         spec,
         name,
         stop,

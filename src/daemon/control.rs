@@ -197,7 +197,7 @@ impl Controller {
             _ => None,
         };
         // 2. Switch. The detector thread acknowledges, or nothing has changed yet (a new source is dropped).
-        let setup = Setup { config: new.clone(), detector, frames: source.as_ref().map(|s| s.frames.clone()) };
+        let setup = Setup { config: new.clone(), detector, feed: source.as_ref().map(|s| s.feed()) };
         self.listener.reconfigure(setup).await?;
         self.commands.send(Command::Reconfigure(Box::new(params))).await.map_err(|_| ReloadError::ShuttingDown)?;
         if let (Some(log), Some(level)) = (&self.log, level) {

@@ -7,12 +7,17 @@ use std::time::{Duration, Instant};
 
 use super::notify::Notifier;
 
+/// How long a source may go without handing over a frame and still be alive: two relaxed batches.
+const STILL_ALIVE: Duration = Duration::from_millis(2 * crate::audio::pace::RELAXED_BATCH.as_millis() as u64);
+
 pub struct Health {
     notifier: Notifier,
     ready: bool,
     stopping: bool,
     /// Frames counted at the last watchdog tick.
     watched_frames: u64,
+    /// When a tick last found more frames than the one before.
+    moved_at: Instant,
     /// Since when no frame has arrived, once a tick found none.
     stalled_since: Option<Instant>,
 }
@@ -28,7 +33,7 @@ pub struct Pulse<'a> {
 
 impl Health {
     pub fn new(notifier: Notifier) -> Health {
-        Health { notifier, ready: false, stopping: false, watched_frames: 0, stalled_since: None }
+        Health { notifier, ready: false, stopping: false, watched_frames: 0, moved_at: Instant::now(), stalled_since: None }
     }
 
     /// How often [`Health::tick`] wants to run: half the watchdog timeout, if systemd set one.
@@ -79,7 +84,12 @@ impl Health {
     /// A watchdog tick: ping systemd if the source is alive, else say in STATUS since when it is silent. A
     /// capture that silently stopped gets no ping, and systemd restarts the service.
     pub fn tick(&mut self, pulse: Pulse<'_>) {
-        if pulse.frames != self.watched_frames || pulse.waiting {
+        let now = Instant::now();
+        if pulse.frames != self.watched_frames {
+            self.moved_at = now;
+        }
+        // A relaxed source hands its frames over in batches (audio::pace): a tick between two is not a stall.
+        if pulse.waiting || now.duration_since(self.moved_at) <= STILL_ALIVE {
             if self.stalled_since.take().is_some() {
                 tracing::info!("audio frames arrive again from {}", pulse.source);
                 self.notifier.status(&pulse.status);

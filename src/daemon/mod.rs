@@ -157,7 +157,7 @@ impl Daemon {
         let listener = Listener::spawn(listener::Start {
             config: config.clone(),
             detector,
-            frames: source.frames.clone(),
+            feed: source.feed(),
             requests: requests_tx,
             reporter: reporter.clone(),
             detections: detections.clone(),

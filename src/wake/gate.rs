@@ -3,7 +3,7 @@
 //! The noise floor is tracked by minimum statistics: the mean level of each 200 ms block, and the floor is the
 //! lowest block of the last 5 s, so it follows steady noise within seconds but not speech, which always has
 //! pauses. The gate opens on a frame louder than the floor by `margin_db` (and above an absolute minimum), and
-//! closes after `hangover` frames without one, long enough for a detection that comes ~1 s after the phrase.
+//! closes after `hangover` frames without one; the detector keeps it open while a detection is in progress.
 
 use std::collections::VecDeque;
 
@@ -47,6 +47,11 @@ impl Gate {
             blocks: VecDeque::with_capacity(FLOOR_BLOCKS),
             floor: f32::NEG_INFINITY,
         }
+    }
+
+    /// Open: the frames are scored.
+    pub fn is_open(&self) -> bool {
+        self.open_for > 0
     }
 
     pub fn floor_db(&self) -> f32 {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Detector, DetectorStats, Preroll};
-use crate::audio::{self, Frame, FrameSpec};
+use crate::audio::{self, Feed, Frame, FrameSpec};
 use crate::config::{Config, FilePacing, SourceSpec, WakeMode};
 use crate::session::segment::{Onset, Segmenter};
 use crate::session::{EndReason, Event, Reporter, SessionQueue, SessionRequest, Trigger};
@@ -52,7 +52,7 @@ pub enum ListenerError {
 pub struct Start {
     pub config: Config,
     pub detector: Option<Detector>,
-    pub frames: crossbeam_channel::Receiver<Frame>,
+    pub feed: Feed,
     pub requests: mpsc::Sender<SessionRequest>,
     pub reporter: Reporter,
     /// Wake words detected, for `status`.
@@ -74,11 +74,11 @@ pub struct Commands(crossbeam_channel::Sender<Command>);
 impl Listener {
     pub fn spawn(start: Start) -> Result<Listener, ListenerError> {
         let (tx, rx) = crossbeam_channel::bounded(COMMANDS_QUEUE);
-        let Start { config, detector, frames, requests, reporter, detections, first_frame } = start;
+        let Start { config, detector, feed, requests, reporter, detections, first_frame } = start;
         let mut side = Side::new(&config, detector, requests, reporter, detections);
         let thread = std::thread::Builder::new()
             .name("voxgate-detector".into())
-            .spawn(move || side.run(frames, rx, first_frame))
+            .spawn(move || side.run(feed, rx, first_frame))
             .map_err(ListenerError::Spawn)?;
         Ok(Listener { commands: Some(Commands(tx)), thread: Some(thread) })
     }
@@ -159,8 +159,8 @@ pub struct Setup {
     pub config: Config,
     /// `Some`: replace the detector (`Some(None)`: no detector in this wake mode); `None`: keep it.
     pub detector: Option<Option<Detector>>,
-    /// Frames of a new source, replacing the current one.
-    pub frames: Option<crossbeam_channel::Receiver<Frame>>,
+    /// A new source, replacing the current one.
+    pub feed: Option<Feed>,
 }
 
 /// What the async side asks of the detector thread; each is answered once it has taken effect.
@@ -242,7 +242,7 @@ impl Side {
 
     fn run(
         &mut self,
-        mut frames: crossbeam_channel::Receiver<Frame>,
+        mut feed: Feed,
         commands: crossbeam_channel::Receiver<Command>,
         first_frame: oneshot::Sender<()>,
     ) -> Option<DetectorStats> {
@@ -251,7 +251,7 @@ impl Side {
         let fault = crate::fault::armed(crate::fault::DETECTOR_PANIC);
         loop {
             crossbeam_channel::select! {
-                recv(frames) -> frame => match frame {
+                recv(feed.frames) -> frame => match frame {
                     Ok(frame) => {
                         if let Some(tx) = first_frame.take() {
                             let _ = tx.send(());
@@ -281,7 +281,7 @@ impl Side {
                     Ok(Command::Reconfigure(setup, done)) => {
                         if !done.is_closed() {
                             if let Some(f) = self.reconfigure(*setup) {
-                                frames = f;
+                                feed = f;
                             }
                             let _ = done.send(());
                         }
@@ -290,6 +290,7 @@ impl Side {
                     Err(_) => break,
                 },
             }
+            feed.pace.relax(!self.attentive());
         }
         if let Some(t) = self.tap.take() {
             t.queue.finish(EndReason::SourceEnded);
@@ -305,6 +306,8 @@ impl Side {
         self.feed_session(&frame);
         let seq = frame.seq;
         match self.detector.as_mut() {
+            // A wake word in a session would not be acted on: the detector rests, keeping only the recent audio.
+            Some(det) if self.tap.is_some() => det.rest(frame),
             Some(det) => {
                 let Some(d) = det.push(frame) else { return };
                 self.detections.fetch_add(1, Ordering::Relaxed);
@@ -379,13 +382,29 @@ impl Side {
         }
     }
 
-    /// Applies a reload; returns the new source's frames if the source changed.
-    fn reconfigure(&mut self, setup: Setup) -> Option<crossbeam_channel::Receiver<Frame>> {
+    /// Whether the next frames are needed as soon as they are captured: by an open session, by the wake-word
+    /// detector while its gate is open, or by the speech onset detector (`always`). Otherwise the source may
+    /// batch them (see [`crate::audio::pace`]).
+    fn attentive(&self) -> bool {
+        if self.muted {
+            return false;
+        }
+        if self.tap.is_some() {
+            return true;
+        }
+        match &self.detector {
+            Some(d) => d.listening(),
+            None => self.mode == WakeMode::Always,
+        }
+    }
+
+    /// Applies a reload; returns the new source's feed if the source changed.
+    fn reconfigure(&mut self, setup: Setup) -> Option<Feed> {
         self.configure(&setup.config);
         if let Some(detector) = setup.detector {
             self.detector = detector;
         }
-        if setup.frames.is_some() {
+        if setup.feed.is_some() {
             // A new source numbers its frames afresh: the session cannot go on, nor can the old pre-roll be used.
             if let Some(t) = self.tap.take() {
                 t.queue.finish(EndReason::Stopped);
@@ -393,7 +412,7 @@ impl Side {
             self.ring.clear();
             self.last_seq = None;
         }
-        setup.frames
+        setup.feed
     }
 
     /// Gives a frame to the current session, and ends it when the audio says so.
@@ -525,6 +544,35 @@ mod tests {
         // Only what came after the unmute, not the 10 frames the pre-roll could hold.
         assert_eq!((req.first_seq, req.preroll_ms, req.queue.len()), (40, 60, 3));
     }
+
+    #[test]
+    fn frames_are_wanted_at_once_only_while_something_needs_them() {
+        // Manual mode: only a session needs the audio at once.
+        let (mut side, mut requests) = side(200);
+        side.frame(frame(0, 1));
+        assert!(!side.attentive());
+        side.trigger().unwrap();
+        assert!(side.attentive());
+        requests.try_recv().unwrap().queue.finish(EndReason::Stopped);
+        side.frame(frame(1, 1));
+        assert!(!side.attentive(), "the session has ended");
+
+        // Wake-word mode: the detector while its gate is open, and not while muted.
+        let mut config = Config::default();
+        config.session.preroll_ms = 200;
+        let spec = FrameSpec::from_config(&config.audio);
+        let detector = Detector::new(&config.wake, spec, 200).unwrap();
+        let (tx, _rx) = mpsc::channel(4);
+        let reporter = Reporter { events: broadcast::channel(16).0, state: Arc::new(watch::Sender::new(State::Listening)) };
+        let mut side = Side::new(&config, Some(detector), tx, reporter, Arc::new(AtomicU64::new(0)));
+        let silence = (0..400).map(|seq| frame(seq, 0));
+        silence.for_each(|f| side.frame(f));
+        assert!(!side.attentive(), "the gate has learnt digital silence and closed");
+        side.frame(frame(400, 3000));
+        assert!(side.attentive(), "a loud frame opens the gate");
+        side.mute(true);
+        assert!(!side.attentive());
+    }
 }
 
 #[cfg(test)]
@@ -545,7 +593,7 @@ mod handle_tests {
         let start = Start {
             config,
             detector: None,
-            frames,
+            feed: Feed { frames, pace: Default::default() },
             requests,
             reporter,
             detections: Arc::new(AtomicU64::new(0)),

@@ -383,7 +383,11 @@ fn a_reload_swaps_the_wake_word_during_a_session() {
     }
     let end = events.iter().find(|e| e["event"] == "session_end" && e["session"] == session.as_str()).expect("the first session ends");
     assert_eq!(end["reason"], "silence", "{end}");
+    // The first "ok computer" is spoken during the first session, while the detector rests; the second is
+    // detected, the last "hey jarvis" is not.
     let words: Vec<&str> = events.iter().filter(|e| e["event"] == "wake").map(|e| e["wakeword"].as_str().unwrap()).collect();
-    assert_eq!(words, ["ok_computer", "ok_computer"], "{events:?}");
+    assert_eq!(words, ["ok_computer"], "{events:?}");
+    let second = events.iter().find(|e| e["event"] == "wake").unwrap();
+    assert!((6892..9500).contains(&second["t_ms"].as_u64().unwrap()), "{second}");
     assert!(d.wait(PATIENCE).success());
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use voxgate::audio::{self, AudioError, ManualClock, SystemClock};
+use voxgate::audio::{self, AudioError, ManualClock, Pace, SystemClock};
 use voxgate::config::{AudioConfig, FilePacing};
 
 use crate::support::{noise, voxgate, write_wav};
@@ -32,6 +32,43 @@ fn realtime_pacing_follows_the_clock() {
     }
     assert!(source.frames.recv().is_err(), "the source ends after the file");
     source.join().unwrap();
+}
+
+#[test]
+fn a_relaxed_pace_hands_frames_over_in_batches_never_early() {
+    let b = Pace::batch_frames(20);
+    let ms = |frames: u64| Duration::from_millis(20 * frames);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.wav");
+    let pcm = noise(320 * (3 * b as usize), 3);
+    write_wav(&path, 16000, &pcm);
+    let (clock, waits) = ManualClock::new();
+    let source = audio::start(&file_config(&path, FilePacing::Realtime), clock.clone()).unwrap();
+    // The source is waiting for frame 0, attentive (the default). The consumer relaxes the pace.
+    assert_eq!(waits.recv().unwrap(), ms(1));
+    source.pace.relax(true);
+    clock.advance(ms(1));
+    assert_eq!(source.frames.recv().unwrap().seq, 0);
+    // Frames 1 to b-1 are due by the end of their batch: one wait, then all of them at once.
+    assert_eq!(waits.recv().unwrap(), ms(b));
+    clock.advance(ms(b - 1) - Duration::from_millis(1));
+    assert!(source.frames.try_recv().is_err(), "a batch came before its last frame was due");
+    clock.advance(Duration::from_millis(1));
+    let batch: Vec<u64> = (1..b).map(|_| source.frames.recv().unwrap().seq).collect();
+    assert_eq!(batch, (1..b).collect::<Vec<_>>());
+    // Attentive again: from the next hand-over, each frame at its own time. (Frames already due still ask the
+    // clock, which answers at once.)
+    assert_eq!(waits.iter().find(|w| *w > ms(b)), Some(ms(2 * b)));
+    source.pace.relax(false);
+    clock.advance(ms(b));
+    for seq in b..2 * b {
+        let f = source.frames.recv().unwrap();
+        assert_eq!(f.seq, seq);
+        assert_eq!(f.pcm, pcm[seq as usize * 320..(seq as usize + 1) * 320]);
+    }
+    assert_eq!(waits.iter().find(|w| *w > ms(2 * b)), Some(ms(2 * b + 1)));
+    assert!(source.frames.try_recv().is_err(), "a frame came before its time");
+    drop(source);
 }
 
 #[test]
