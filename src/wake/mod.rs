@@ -102,11 +102,10 @@ pub struct DetectorStats {
     pub rejected: u64,
 }
 
-/// A rustpotter that reports every score `model` gives (threshold 0.01, no averaged-sample check, one frame is
-/// enough), for scoring a stretch of audio rather than watching a stream.
+/// A rustpotter that reports every score `model` gives (threshold 0.01, one frame is enough), for scoring a
+/// stretch of audio rather than watching a stream. The averaged-sample check is `rc`'s.
 pub(crate) fn scorer(mut rc: RustpotterConfig, model: &[u8]) -> Result<Rustpotter, String> {
     rc.detector.threshold = 0.01;
-    rc.detector.avg_threshold = 0.0;
     rc.detector.min_scores = 1;
     let mut rp = Rustpotter::new(&rc)?;
     rp.add_wakeword_from_buffer("model", model)?;
@@ -232,7 +231,11 @@ impl Detector {
         let lookback_frames = LOOKBACK_MS.div_ceil(frame_ms) as usize;
         let preroll_frames = (preroll_ms / frame_ms) as usize;
         let reject = if cfg.models.is_empty() && cfg.builtin_reject {
-            let r = scorer(rustpotter_config(cfg, spec), HEY_JARVIS_REJECT)
+            // With the detector's own averaged-sample check: most of the audio before a detection is not like
+            // "hey travis" at all, and the check saves comparing it with every sample.
+            let mut rc = rustpotter_config(cfg, spec);
+            rc.detector.avg_threshold = cfg.avg_threshold as f32;
+            let r = scorer(rc, HEY_JARVIS_REJECT)
                 .map_err(|reason| WakeError::Load { what: "built-in hey_jarvis rejection model".into(), reason })?;
             Some(r)
         } else {
