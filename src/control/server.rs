@@ -204,13 +204,27 @@ async fn write_line<T: serde::Serialize>(stream: &mut (impl AsyncWriteExt + Unpi
     stream.write_all(&line).await
 }
 
-/// Request lines, at most [`MAX_LINE`] bytes: a longer line is skipped up to its newline and reported as an
-/// item, so the connection goes on (a plain `LinesCodec` error would end the stream).
+/// Request lines, at most [`MAX_LINE`] bytes: a longer line, or one that is not UTF-8, is skipped up to its
+/// newline and reported as an item, so the connection goes on (a plain `LinesCodec` error would end the stream).
 struct Lines(LinesCodec);
 
 enum Line {
     Text(String),
     TooLong,
+    NotUtf8,
+}
+
+impl Lines {
+    fn item(decoded: Result<Option<String>, LinesCodecError>) -> Result<Option<Line>, std::io::Error> {
+        match decoded {
+            Ok(line) => Ok(line.map(Line::Text)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
+            // The codec has taken the line off the buffer before it checks the encoding, and a decoder reads
+            // nothing itself: its only I/O error is this one.
+            Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => Ok(Some(Line::NotUtf8)),
+            Err(LinesCodecError::Io(e)) => Err(e),
+        }
+    }
 }
 
 impl Decoder for Lines {
@@ -218,19 +232,11 @@ impl Decoder for Lines {
     type Error = std::io::Error;
 
     fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Line>, std::io::Error> {
-        match self.0.decode(buf) {
-            Ok(line) => Ok(line.map(Line::Text)),
-            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
-            Err(LinesCodecError::Io(e)) => Err(e),
-        }
+        Lines::item(self.0.decode(buf))
     }
 
     fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Line>, std::io::Error> {
-        match self.0.decode_eof(buf) {
-            Ok(line) => Ok(line.map(Line::Text)),
-            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
-            Err(LinesCodecError::Io(e)) => Err(e),
-        }
+        Lines::item(self.0.decode_eof(buf))
     }
 }
 
@@ -275,6 +281,7 @@ impl Connection {
                             Err(e) => Reply::error(e),
                         },
                         Some(Ok(Line::TooLong)) => Reply::error(format!("line longer than {MAX_LINE} bytes: ignored")),
+                        Some(Ok(Line::NotUtf8)) => Reply::error("line is not UTF-8: ignored"),
                         Some(Err(e)) => {
                             tracing::debug!("control client: {e}");
                             break;

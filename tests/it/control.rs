@@ -79,7 +79,8 @@ fn every_command_against_the_running_daemon() {
 
     // Bad lines: each gets an error, and the connection and the daemon live on.
     let mut raw = d.connect();
-    let bad: [(&[u8], &str); 4] = [
+    let bad: [(&[u8], &str); 5] = [
+        (b"{\"cmd\":\"st\xffatus\"}\n", "not UTF-8"),
         (b"{not json\n", "not a JSON object"),
         (b"{\"cmd\":\"launch\"}\n", "unknown command \"launch\""),
         (b"{\"verb\":\"status\"}\n", "no \"cmd\" key"),
