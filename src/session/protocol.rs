@@ -93,6 +93,28 @@ fn to_json(v: rmpv::Value) -> serde_json::Value {
     }
 }
 
+/// A server message larger than this as JSON is logged and published shortened (see [`shown`]).
+pub const SHOWN_MAX: usize = 8 * 1024;
+/// How much of a shortened message is kept.
+const SHOWN_HEAD: usize = 1024;
+
+/// A server message as logs and events show it: whole up to [`SHOWN_MAX`] bytes of JSON; above, a marker with
+/// the message's `type`, its full size and its first [`SHOWN_HEAD`] bytes, so that however large a server's
+/// replies (up to `MAX_MESSAGE`, 1 MiB, each) a log line and an event line stay a few KiB:
+/// `{"type":"partial","truncated":true,"bytes":3276817,"head":"{\"audio\":[0,0,…"}`.
+pub fn shown(message: serde_json::Value) -> serde_json::Value {
+    let text = message.to_string();
+    if text.len() <= SHOWN_MAX {
+        return message;
+    }
+    let mut cut = SHOWN_HEAD;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let kind = message.get("type").and_then(|t| t.as_str()).filter(|t| t.len() <= 64);
+    serde_json::json!({"type": kind, "truncated": true, "bytes": text.len(), "head": &text[..cut]})
+}
+
 /// What a server message means to the client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
@@ -166,6 +188,23 @@ impl Codec {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn large_messages_are_shown_shortened_with_their_size() {
+        let small = serde_json::json!({"type": "partial", "text": "héllo"});
+        assert_eq!(super::shown(small.clone()), small);
+        let mut bytes = Vec::new();
+        let say = rmpv::Value::Map(vec![("type".into(), "say".into()), ("pcm".into(), rmpv::Value::Binary(vec![7u8; 900_000]))]);
+        rmpv::encode::write_value(&mut bytes, &say).unwrap();
+        let audio = msgpack_to_json(&bytes).unwrap();
+        let full = audio.to_string().len();
+        let s = super::shown(audio);
+        assert_eq!((s["type"].as_str(), s["truncated"].as_bool(), s["bytes"].as_u64()), (Some("say"), Some(true), Some(full as u64)));
+        assert!(s.to_string().len() < 2 * super::SHOWN_HEAD, "{s}");
+        // Cut at a character boundary, and no type when there is none.
+        let text = super::shown(serde_json::json!({"text": "é".repeat(10_000)}));
+        assert!(text["head"].as_str().unwrap().ends_with('é') && text["type"].is_null(), "{text}");
+    }
+
     use super::*;
 
     #[test]

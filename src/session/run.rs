@@ -162,6 +162,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
                             }
                             Reply::Final(v) => (v, true),
                         };
+                        let value = super::protocol::shown(value);
                         tracing::info!(event = "server_message", "server: {value}");
                         reporter.emit(Event::ServerMessage { session: session.clone(), message: value });
                         if done {

@@ -184,6 +184,8 @@ enum Misbehave {
     EndAfterFive,
     /// Never answers our end: no final, no close.
     NoFinal,
+    /// After 5 frames: a reply holding 900 KB of binary, then one holding 100 KB of text.
+    HugeReplies,
 }
 
 struct TestServer {
@@ -257,6 +259,13 @@ async fn test_server(how: Misbehave) -> TestServer {
                                 (Misbehave::EndAfterFive, 5) => {
                                     let _ = ws.send(reply(serde_json::json!({"type": "end"}))).await;
                                 }
+                                (Misbehave::HugeReplies, 5) => {
+                                    let audio = rmpv::Value::Map(vec![("type".into(), "say".into()), ("pcm".into(), rmpv::Value::Binary(vec![1u8; 900_000]))]);
+                                    let mut bytes = Vec::new();
+                                    rmpv::encode::write_value(&mut bytes, &audio).unwrap();
+                                    let _ = ws.send(Message::Binary(Bytes::from(bytes))).await;
+                                    let _ = ws.send(reply(serde_json::json!({"type": "partial", "text": "x".repeat(100_000)}))).await;
+                                }
                                 (Misbehave::Oversized, 5) => {
                                     let _ = ws.send(Message::Binary(Bytes::from(vec![0u8; 2 << 20]))).await;
                                 }
@@ -318,6 +327,24 @@ async fn replies_arrive_while_audio_is_still_flowing() {
     assert_eq!(end.unwrap()["reason"], "max_duration");
     stop.cancel();
     daemon.await.unwrap().unwrap();
+}
+
+/// A server's large replies are logged and published shortened, with their full size: an event line stays far
+/// below the control socket's 64 KiB, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_replies_are_shown_shortened_and_the_session_goes_on() {
+    let mut server = test_server(Misbehave::HugeReplies).await;
+    let config = file_config(&fixtures().join("stream-en-us_m1.wav"), &server.url);
+    let (_, events) = run(config).await;
+    let shown: Vec<&serde_json::Value> = events.iter().filter_map(|e| if let Event::ServerMessage { message, .. } = e { Some(message) } else { None }).collect();
+    let big: Vec<(&str, u64)> = shown.iter().filter(|m| m["truncated"] == true).map(|m| (m["type"].as_str().unwrap(), m["bytes"].as_u64().unwrap())).collect();
+    assert_eq!(big.iter().map(|b| b.0).collect::<Vec<_>>(), ["say", "partial"], "{big:?}");
+    assert!(big[0].1 > 900_000 * 2 && big[1].1 > 100_000, "{big:?}");
+    for m in &shown {
+        assert!(serde_json::to_string(&Event::ServerMessage { session: "x".into(), message: (*m).clone() }).unwrap().len() < 4096, "{m}");
+    }
+    assert!(ends(&events).iter().all(|e| e.reason == EndReason::Silence), "{:?}", ends(&events));
+    assert!(server.seqs.recv().await.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
