@@ -34,6 +34,13 @@ impl LogHandle {
     }
 }
 
+/// Whether an event may be logged at all, whatever the level: the WebSocket library logs each handshake
+/// request and response whole at trace, headers and all, so the `Authorization: Bearer` token too. No secret is
+/// logged at any level.
+fn never_secret(meta: &tracing::Metadata<'_>) -> bool {
+    !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("tungstenite::handshake"))
+}
+
 /// Whether stderr is the journal stream systemd gave us.
 pub fn stderr_is_journal() -> bool {
     let Ok(stream) = std::env::var("JOURNAL_STREAM") else { return false };
@@ -65,7 +72,7 @@ pub fn init(cfg: &LogConfig) -> LogHandle {
         (text_layer(), "text")
     };
     let (filter, handle) = reload::Layer::new(filter);
-    let _ = tracing_subscriber::registry().with(output).with(filter).try_init();
+    let _ = tracing_subscriber::registry().with(output).with(filter).with(tracing_subscriber::filter::filter_fn(never_secret)).try_init();
     if let Some(e) = journald_error {
         tracing::warn!("journald is not reachable ({e}); logging to stderr instead");
     }

@@ -125,3 +125,23 @@ fn record_interrupted_finishes_its_file() {
     assert_eq!(44 + samples * 2, file_len, "the header counts every sample in the file");
     assert!(err.contains(&format!("recorded {} frames", samples / 320)), "{err}");
 }
+
+/// The bearer token reaches no log line at any level: at trace, the WebSocket library logs each handshake
+/// request whole, headers included, and the reference server the request it received.
+#[test]
+fn the_token_is_never_logged_even_at_trace() {
+    let server = serve_child();
+    let token = "s3cr3t-token-never-logged";
+    let d0 = tempfile::tempdir().unwrap();
+    let token_file = d0.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let d = TestDaemon::spawn(&config_text(&server.url, "trace"), true, &[("VOXGATE_SESSION__TOKEN_FILE", token_file.to_str().unwrap())]);
+    assert_eq!(d.cli(&["trigger"]).0, 0);
+    d.logged(0, |l| l.contains("session_start"));
+    assert_eq!(d.cli(&["stop"]).0, 0);
+    d.logged(0, |l| l.contains("session_end"));
+    let log = d.log();
+    // The handshake was logged at trace (so a header in it would show), and the token is not in it.
+    assert!(log.lines().any(|l| l.contains("TRACE") && l.contains("tungstenite")), "no trace line from the WebSocket library");
+    assert!(!log.contains(token), "the token is in the log");
+}
