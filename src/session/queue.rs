@@ -171,6 +171,13 @@ impl SessionQueue {
         let _ = rx.wait_for(|e| e.is_some()).await;
     }
 
+    /// Returns once the session is ended from outside (`stop`, mute, shutdown), as opposed to by its audio:
+    /// what is still connecting then gives up instead of delivering.
+    pub async fn wait_called_off(&self) {
+        let mut rx = self.end_tx.subscribe();
+        let _ = rx.wait_for(|e| matches!(e, Some(EndReason::Stopped | EndReason::Shutdown))).await;
+    }
+
     /// Frames of this session the server will not get: dropped because the queue was full, or never queued
     /// because the source dropped them. Equals the gaps in the `seq` the server sees.
     pub fn dropped(&self) -> u64 {

@@ -73,7 +73,17 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         frames_dropped: queue.dropped(),
         frames_abandoned: abandoned,
     };
-    let ws = match connect(p).await {
+    // A session called off while it connects ends at once; one whose audio has ended (silence) still connects
+    // and delivers.
+    let connected = tokio::select! {
+        r = connect(p) => r,
+        () = queue.wait_called_off() => {
+            let reason = queue.ended().unwrap_or(EndReason::Stopped);
+            tracing::debug!("called off while connecting");
+            return summary(reason, None, 0, queue.len() as u64);
+        }
+    };
+    let ws = match connected {
         Ok(ws) => ws,
         Err(e) => {
             queue.finish(EndReason::Error);

@@ -53,17 +53,21 @@ fn a_dead_supervisor_fails_the_run() {
     assert!(d.log().contains("the supervisor task panicked: fault injected"), "{}", d.log());
 }
 
+/// A server on 127.0.0.1 whose thread does `serve` with its listener; its `ws://` URL.
+fn loopback_server(serve: fn(TcpListener)) -> (String, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    (url, std::thread::spawn(move || serve(listener)))
+}
+
 /// A WebSocket server that takes the session and then never answers: the drain after our `end` lasts as long
 /// as `session.drain_timeout_ms` allows.
 fn silent_server() -> (String, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://{}/", listener.local_addr().unwrap());
-    let thread = std::thread::spawn(move || {
+    loopback_server(|listener| {
         let Ok((tcp, _)) = listener.accept() else { return };
         let Ok(mut ws) = tokio_tungstenite::tungstenite::accept(tcp) else { return };
         while ws.read().is_ok() {}
-    });
-    (url, thread)
+    })
 }
 
 #[test]
@@ -144,4 +148,44 @@ fn the_token_is_never_logged_even_at_trace() {
     // The handshake was logged at trace (so a header in it would show), and the token is not in it.
     assert!(log.lines().any(|l| l.contains("TRACE") && l.contains("tungstenite")), "no trace line from the WebSocket library");
     assert!(!log.contains(token), "the token is in the log");
+}
+
+/// A server that takes the TCP connection and never answers the WebSocket handshake.
+fn mute_server() -> (String, std::thread::JoinHandle<()>) {
+    loopback_server(|listener| {
+        let held: Vec<_> = listener.incoming().collect();
+        drop(held);
+    })
+}
+
+/// `stop` while the session is still connecting ends it at once, as stopped; SIGTERM then, the daemon.
+#[test]
+fn stop_and_sigterm_while_connecting_do_not_wait_for_the_connect_timeout() {
+    let (url, _server) = mute_server();
+    let mut d = TestDaemon::spawn(&config_text(&url, "info"), true, &[("VOXGATE_SESSION__CONNECT_TIMEOUT_MS", "60000")]);
+    let mut sub = d.connect();
+    assert_eq!(sub.call(serde_json::json!({"cmd": "subscribe"}))["ok"], true);
+    assert_eq!(d.cli(&["trigger"]).0, 0);
+    sub.event(|e| e["event"] == "state" && e["state"] == "connecting");
+    assert_eq!(d.cli(&["stop"]).0, 0);
+    let end = sub.event(|e| e["event"] == "session_end");
+    assert_eq!(end["reason"], "stopped", "{end}");
+    sub.event(|e| e["event"] == "state" && e["state"] == "listening");
+
+    assert_eq!(d.cli(&["trigger"]).0, 0);
+    sub.event(|e| e["event"] == "state" && e["state"] == "connecting");
+    d.signal(libc::SIGTERM);
+    let end = sub.event(|e| e["event"] == "session_end");
+    assert_eq!(end["reason"], "shutdown", "{end}");
+    assert!(d.wait(PATIENCE).success(), "{}", d.log());
+}
+
+/// SIGTERM while stdin is open but nothing comes on it: shutdown does not wait for the writer.
+#[test]
+fn sigterm_with_stdin_open_and_silent_exits() {
+    let server = serve_child();
+    let mut d = TestDaemon::start(&server.url, &[]);
+    d.feeder.as_ref().unwrap().paused.store(true, std::sync::atomic::Ordering::Relaxed);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait(PATIENCE).success(), "{}", d.log());
 }

@@ -615,9 +615,16 @@ async fn the_server_can_end_a_session_and_so_can_stop() {
     assert_eq!(end.reason, EndReason::Server, "{end:?}");
     assert_eq!(msg.unwrap()["reason"], "server");
 
+    // Stopped once the server has the session (a stop while it connects calls it off before the server hears
+    // of it: `stop_and_sigterm_while_connecting_…`).
     let mut server = test_server(Misbehave::Plain).await;
-    let (end, (_, msg)) = first_live_session(&mut server, |c| c.session.end_silence_ms = 10000, |commands| {
-        commands.try_send((voxgate::control::proto::Request::Stop, tokio::sync::oneshot::channel().0)).unwrap();
+    let started = server.started.clone();
+    let (end, (_, msg)) = first_live_session(&mut server, |c| c.session.end_silence_ms = 10000, move |commands| {
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            started.notified().await;
+            commands.try_send((voxgate::control::proto::Request::Stop, tokio::sync::oneshot::channel().0)).unwrap();
+        });
     })
     .await;
     assert_eq!(end.reason, EndReason::Stopped, "{end:?}");
