@@ -75,6 +75,14 @@ impl Stop {
         Ok((fds[0].any().unwrap_or(true), fds[1].any().unwrap_or(false) || self.is_stopped()))
     }
 
+    /// Waits until the signal fires or `timeout` passes: whether it fired. Interrupted by a signal handler:
+    /// `EINTR`, to wait again.
+    pub fn wait(&self, timeout: PollTimeout) -> nix::Result<bool> {
+        let mut fds = [PollFd::new(self.0.wake_fd.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, timeout)?;
+        Ok(fds[0].any().unwrap_or(false) || self.is_stopped())
+    }
+
     /// Registers the calling thread to be unparked on stop.
     pub fn register_current_thread(&self) {
         *self.0.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(std::thread::current());
@@ -109,8 +117,9 @@ impl Clock for SystemClock {
     }
 
     fn sleep_until(&self, deadline: Duration, stop: &Stop) -> bool {
-        // `poll` on the stop descriptor: the thread sleeps in the kernel until the deadline, without the spinning
-        // a channel's timed receive does first (a relaxed source waits like this twice a second).
+        // `poll` on the stop descriptor (`Stop::wait`): the thread sleeps in the kernel until the deadline,
+        // without the spinning a channel's timed receive does first (a relaxed source waits like this twice a
+        // second).
         loop {
             if stop.is_stopped() {
                 return false;
@@ -121,10 +130,9 @@ impl Clock for SystemClock {
             }
             // Rounded up to whole milliseconds, so the deadline is never missed by a wake-up a little early.
             let ms = (deadline - now).as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-            let mut fds = [PollFd::new(stop.fd().as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => return false,
+            match stop.wait(PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+                Ok(false) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(true) => return false,
                 // Cannot happen with one valid descriptor; should it, wait on the stop channel instead.
                 Err(_) => {
                     let _ = stop.channel().recv_timeout(deadline - now);

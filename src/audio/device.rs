@@ -5,9 +5,11 @@
 //! not fit is not silently skipped: the callback notes where in the stream it was lost and how much, on a
 //! second small ring, and the capture thread turns each loss into whole frames that the frame numbers skip,
 //! so a session's server sees every capture loss as a gap in `seq`. The capture thread (ours) owns the cpal
-//! stream, drains the ring through the [`Converter`] into frames, and rebuilds the stream with capped exponential backoff when the device is missing, busy or
-//! lost. While the consumer relaxes the [`Pace`], the callback wakes the capture thread once per batch. cpal's error callback only records the first error and unparks the capture thread: some backends
-//! call it in a busy loop once a device is gone, and the stream is dropped from outside.
+//! stream, drains the ring through the [`Converter`] into frames, and rebuilds the stream with capped
+//! exponential backoff when the device is missing, busy or lost. While the consumer relaxes the [`Pace`], the
+//! callback wakes the capture thread once per batch. cpal's error callback only records the first error and
+//! unparks the capture thread: some backends call it in a busy loop once a device is gone, and the stream is
+//! dropped from outside.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

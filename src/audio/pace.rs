@@ -5,10 +5,10 @@
 //! muted, or only a trigger can open a session) it *relaxes* the pace, and the source gathers up to
 //! [`RELAXED_BATCH`] of audio before it wakes anyone: an idle daemon wakes each of its two audio threads twice
 //! a second instead of fifty times, and those wake-ups are most of what a quiet room costs (measured in
-//! docs/BENCHMARKS.md). Frames keep their numbers, their
-//! order and their content; the only change is when they arrive. The consumer turning attentive again (a
-//! loud frame opens the gate) takes effect from the next hand-over, at most one batch later: the gate's
-//! look-back and the pre-roll cover the onset, and a wake word's detection comes after the whole phrase.
+//! docs/BENCHMARKS.md). Frames keep their numbers, their order and their content; the only change is when
+//! they arrive. The consumer turning attentive again (a loud frame opens the gate) takes effect from the next
+//! hand-over, at most one batch later: the gate's look-back and the pre-roll cover the onset, and a wake
+//! word's detection comes after the whole phrase.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -311,19 +311,14 @@ impl Side {
             Some(det) => {
                 let Some(d) = det.push(frame) else { return };
                 self.detections.fetch_add(1, Ordering::Relaxed);
-                let acted_on = self.tap.is_none();
                 let session = uuid::Uuid::new_v4().to_string();
-                // An acted-on wake word is the session's first line.
-                let span = if acted_on { tracing::info_span!("session", session = %session) } else { tracing::Span::none() };
-                span.in_scope(|| {
-                    tracing::info!(event = "wake", wakeword = %d.wakeword, score = d.score, t_ms = d.t_ms, acted_on,
-                        "wake word {} at {:.2} s (score {:.2}){}", d.wakeword, d.t_ms as f64 / 1000.0, d.score,
-                        if acted_on { "" } else { ", during a session: not acted on" });
+                // Every detection opens a session (there is none while the detector rests), and is its first line.
+                tracing::info_span!("session", session = %session).in_scope(|| {
+                    tracing::info!(event = "wake", wakeword = %d.wakeword, score = d.score, t_ms = d.t_ms, acted_on = true,
+                        "wake word {} at {:.2} s (score {:.2})", d.wakeword, d.t_ms as f64 / 1000.0, d.score);
                 });
-                self.reporter.emit(Event::Wake { wakeword: d.wakeword.clone(), score: d.score, t_ms: d.t_ms, acted_on });
-                if acted_on {
-                    self.open(session, Trigger::Wakeword, Some((&d.wakeword, d.score)), d.t_ms, &d.preroll, seq + 1);
-                }
+                self.reporter.emit(Event::Wake { wakeword: d.wakeword.clone(), score: d.score, t_ms: d.t_ms, acted_on: true });
+                self.open(session, Trigger::Wakeword, Some((&d.wakeword, d.score)), d.t_ms, &d.preroll, seq + 1);
             }
             None => {
                 let t_ms = (seq + 1) * self.spec.frame_ms as u64;
