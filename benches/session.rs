@@ -138,7 +138,7 @@ fn blocking_server() -> (String, Arrivals) {
 
 fn reporter() -> Reporter {
     let (events, _) = tokio::sync::broadcast::channel(1024);
-    Reporter { events, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)) }
+    Reporter::new(events)
 }
 
 fn request(queue: Arc<SessionQueue>) -> SessionRequest {

@@ -21,6 +21,7 @@ pub struct Config {
     pub audio: AudioConfig,
     pub wake: WakeConfig,
     pub session: SessionConfig,
+    pub homeassistant: HomeAssistantConfig,
     pub control: ControlConfig,
     pub log: LogConfig,
 }
@@ -236,6 +237,43 @@ impl Default for SessionConfig {
 pub enum Protocol {
     Voxgate,
     Vosk,
+    /// Home Assistant's WebSocket API: an Assist pipeline run per session.
+    Homeassistant,
+}
+
+/// `[homeassistant]`: used when `session.protocol = "homeassistant"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantConfig {
+    /// A pipeline's id or name; empty: Home Assistant's preferred pipeline.
+    pub pipeline: String,
+    /// The last stage of each run.
+    pub end_stage: EndStage,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        HomeAssistantConfig { pipeline: String::new(), end_stage: EndStage::Tts }
+    }
+}
+
+/// Where an Assist pipeline run stops: at the transcript, the intent's answer, or the answer spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndStage {
+    Stt,
+    Intent,
+    Tts,
+}
+
+impl EndStage {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EndStage::Stt => "stt",
+            EndStage::Intent => "intent",
+            EndStage::Tts => "tts",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -542,6 +580,12 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
         Ok(u) if u.host_str().is_none_or(str::is_empty) => p.push(("session.url", format!("{:?} has no host", s.url))),
         Ok(_) => {}
         Err(e) => p.push(("session.url", format!("{:?} is not a URL: {e}", s.url))),
+    }
+    if s.protocol == Protocol::Homeassistant && s.token_file.as_os_str().is_empty() {
+        p.push(("session.token_file", "Home Assistant needs a long-lived access token: name the file that holds it".into()));
+    }
+    if c.homeassistant.pipeline.len() > 256 {
+        p.push(("homeassistant.pipeline", "longer than a pipeline id or name may be (256 bytes)".into()));
     }
     for (key, path) in [("session.token_file", &s.token_file), ("session.ca_file", &s.ca_file)] {
         if !path.as_os_str().is_empty() {

@@ -38,7 +38,7 @@ impl LogHandle {
 /// request and response whole at trace, headers and all, so the `Authorization: Bearer` token too. No secret is
 /// logged at any level.
 fn never_secret(meta: &tracing::Metadata<'_>) -> bool {
-    !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("tungstenite::handshake"))
+    !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("tungstenite"))
 }
 
 /// Whether stderr is the journal stream systemd gave us.

@@ -104,6 +104,21 @@ fn describe_status(s: &Status) -> String {
         let detail = l.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
         row("last", format!("{} {} after {:.1} s, {} frames{detail}", l.session, l.reason.as_str(), l.duration_ms as f64 / 1000.0, l.frames_sent));
     }
+    if let Some(h) = &s.homeassistant {
+        let version = h.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
+        let link = if h.connected { "running a pipeline" } else { "idle (a connection per session)" };
+        let pipeline = if h.pipeline.is_empty() { "the preferred pipeline".to_string() } else { format!("pipeline {:?}", h.pipeline) };
+        row("assistant", format!("Home Assistant{version}, {link}, {pipeline}"));
+        if let Some(t) = &h.transcript {
+            row("heard", format!("{t:?}"));
+        }
+        if let Some(a) = &h.answer {
+            row("answered", format!("{a:?}"));
+        }
+        if let Some(e) = &h.error {
+            row("ha error", e.clone());
+        }
+    }
     row("config", s.config_file.clone().unwrap_or_else(|| "built-in defaults".into()));
     if let Some(e) = &s.reload_error {
         row("reload", format!("FAILED, the previous configuration is in use: {e}"));

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::session::SessionSummary;
+use crate::session::homeassistant::HaStatus;
 
 /// Longest line accepted, either way, newline excluded.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -94,6 +95,10 @@ pub struct Status {
     pub reload_error: Option<String>,
     pub counters: Counters,
     pub last_session: Option<SessionSummary>,
+    /// With `session.protocol = "homeassistant"`: the connection, Home Assistant's version, the pipeline, and the
+    /// last run's transcript and answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub homeassistant: Option<HaStatus>,
 }
 
 /// Counters since the daemon started.
@@ -145,6 +150,7 @@ mod tests {
             reload_error: None,
             counters: Counters { audio_frames: 7, ..Counters::default() },
             last_session: None,
+            homeassistant: None,
         };
         let reply = Reply { status: Some(status), ..Reply::ok() };
         let line = serde_json::to_string(&reply).unwrap();

@@ -18,11 +18,12 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::Loader;
 use super::health::Health;
 use crate::audio::{self, AudioError, AudioSource, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::control::proto::{Counters, Reply, Request, Status};
 use crate::control::server::Call;
 use crate::logging::LogHandle;
 use crate::session::connect::{Params, ParamsError};
+use crate::session::homeassistant::SharedStatus;
 use crate::session::supervisor::{Command, Totals};
 use crate::session::{Event, State};
 use crate::wake::listener::{Listener, ListenerError, Setup};
@@ -66,6 +67,8 @@ pub(super) struct Controller {
     pub state: watch::Receiver<State>,
     pub totals: watch::Receiver<Totals>,
     pub detections: Arc<AtomicU64>,
+    /// What the sessions report of Home Assistant.
+    pub homeassistant: SharedStatus,
     pub started: Instant,
     pub reload_error: Option<String>,
 }
@@ -141,6 +144,11 @@ impl Controller {
             reload_error: self.reload_error.clone(),
             counters: self.counters(),
             last_session: self.totals.borrow().last.clone(),
+            homeassistant: (self.config.session.protocol == Protocol::Homeassistant).then(|| {
+                let mut s = self.homeassistant.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                s.pipeline = self.config.homeassistant.pipeline.clone();
+                s
+            }),
         }
     }
 

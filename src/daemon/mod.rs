@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::audio::{self, AudioError, FrameSpec, SystemClock};
@@ -34,7 +34,7 @@ use crate::control::server::{Call, Listener as ControlListener};
 use crate::logging::LogHandle;
 use crate::session::connect::Params;
 use crate::session::supervisor::{Supervisor, Totals};
-use crate::session::{Event, Reporter, State};
+use crate::session::{Event, Reporter};
 use crate::wake::listener::{self, Listener, ListenerError};
 use crate::wake::{Detector, DetectorStats, WakeError};
 pub use control::ReloadError;
@@ -150,7 +150,7 @@ impl Daemon {
         };
         let (params, detector, source) = prepared;
         tracing::info!(source = %source.name, "voxgate {} started, listening to {}", env!("CARGO_PKG_VERSION"), source.name);
-        let reporter = Reporter { events: events.clone(), state: Arc::new(watch::Sender::new(State::Listening)) };
+        let reporter = Reporter::new(events.clone());
         let (requests_tx, requests) = mpsc::channel(REQUESTS_QUEUE);
         let (first_frame_tx, mut first_frame) = oneshot::channel();
         let detections = Arc::new(AtomicU64::new(0));
@@ -190,6 +190,7 @@ impl Daemon {
             state: state.clone(),
             totals,
             detections,
+            homeassistant: reporter.homeassistant.clone(),
             started: Instant::now(),
             reload_error: None,
         };

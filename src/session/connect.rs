@@ -12,8 +12,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use super::homeassistant::{self, HaParams, Token};
 use super::protocol::Codec;
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 
 /// Largest server message accepted: anything bigger ends the session.
 pub const MAX_MESSAGE: usize = 1 << 20;
@@ -35,6 +36,10 @@ pub enum ConnectError {
     Handshake { url: String, source: Box<tokio_tungstenite::tungstenite::Error> },
     #[error("no answer from {url} within {ms} ms")]
     Timeout { url: String, ms: u64 },
+    #[error("Home Assistant at {url} refused the access token in {token_file} (session.token_file): {message}")]
+    TokenRefused { url: String, token_file: String, message: String },
+    #[error("{url} does not answer as Home Assistant's WebSocket API: {message}")]
+    HomeAssistant { url: String, message: String },
 }
 
 /// What is wrong with the session settings; each names its key.
@@ -44,6 +49,8 @@ pub enum ParamsError {
     Url(String),
     #[error("session.token_file: cannot read {path}: {source}")]
     TokenRead { path: String, source: std::io::Error },
+    #[error("session.token_file: Home Assistant needs a long-lived access token: name the file that holds it")]
+    TokenMissing,
     #[error("session.token_file: {path} holds no token")]
     TokenEmpty { path: String },
     #[error("session.token_file: the token in {path} has characters an HTTP header cannot carry (a line break inside it?)")]
@@ -66,6 +73,8 @@ pub struct Params {
     /// `Bearer <token>`, read and checked once per configuration; marked sensitive, so never logged.
     authorization: Option<HeaderValue>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// `session.protocol = "homeassistant"`: the token and what to ask for.
+    pub ha: Option<HaParams>,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
     pub sample_rate: u32,
@@ -78,13 +87,29 @@ impl Params {
     pub fn new(config: &Config) -> Result<Self, ParamsError> {
         let s = &config.session;
         let url = url::Url::parse(&s.url).map_err(|_| ParamsError::Url(s.url.clone()))?;
-        let authorization = if s.token_file.as_os_str().is_empty() { None } else { Some(authorization(&s.token_file)?) };
+        let token = if s.token_file.as_os_str().is_empty() { None } else { Some(read_token(&s.token_file)?) };
         let tls = if url.scheme() == "wss" { Some(Arc::new(tls_config(&s.ca_file)?)) } else { None };
+        // Home Assistant takes the token in its first message, not in the handshake.
+        let (authorization, ha) = match (s.protocol, token) {
+            (Protocol::Homeassistant, Some(token)) => {
+                let ha = HaParams {
+                    token: Token(token),
+                    token_file: s.token_file.display().to_string(),
+                    pipeline: config.homeassistant.pipeline.clone(),
+                    end_stage: config.homeassistant.end_stage,
+                };
+                (None, Some(ha))
+            }
+            (Protocol::Homeassistant, None) => return Err(ParamsError::TokenMissing),
+            (_, Some(token)) => (Some(authorization(&token)), None),
+            (_, None) => (None, None),
+        };
         Ok(Params {
             url,
-            codec: Codec { protocol: s.protocol },
+            codec: Codec::new(s.protocol),
             authorization,
             tls,
+            ha,
             connect_timeout: Duration::from_millis(s.connect_timeout_ms),
             drain_timeout: Duration::from_millis(s.drain_timeout_ms),
             sample_rate: config.audio.sample_rate,
@@ -98,8 +123,8 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
-/// The `Authorization` header for the token in `path`: one line; surrounding white space is ignored.
-fn authorization(path: &Path) -> Result<HeaderValue, ParamsError> {
+/// The token in `path`: one line; surrounding white space is ignored.
+fn read_token(path: &Path) -> Result<String, ParamsError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ParamsError::TokenRead { path: shown.clone(), source })?;
     let token = text.trim();
@@ -107,12 +132,17 @@ fn authorization(path: &Path) -> Result<HeaderValue, ParamsError> {
         return Err(ParamsError::TokenEmpty { path: shown });
     }
     // A header value may hold spaces but no line break; a token holds neither.
-    if token.contains(char::is_whitespace) {
+    if token.contains(char::is_whitespace) || HeaderValue::from_str(token).is_err() {
         return Err(ParamsError::TokenValue { path: shown });
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ParamsError::TokenValue { path: shown })?;
+    Ok(token.to_string())
+}
+
+/// The `Authorization` header for a checked token, marked sensitive so that no log shows it.
+fn authorization(token: &str) -> HeaderValue {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
     value.set_sensitive(true);
-    Ok(value)
+    value
 }
 
 /// The system's roots, plus the certificates in `ca_file`.
@@ -152,10 +182,25 @@ pub fn ws_config() -> WebSocketConfig {
         .max_write_buffer_size(64 * 1024)
 }
 
-/// Opens the WebSocket, all of it within `connect_timeout`.
-pub async fn connect(p: &Params) -> Result<Socket, ConnectError> {
+/// An open connection, authenticated where the protocol wants it.
+pub struct Connected {
+    pub ws: Socket,
+    /// Home Assistant's version, from its `auth_ok`.
+    pub ha_version: Option<String>,
+}
+
+/// Opens the WebSocket and, for Home Assistant, authenticates: all of it within `connect_timeout`.
+pub async fn connect(p: &Params) -> Result<Connected, ConnectError> {
     let url = p.url.as_str().to_string();
-    tokio::time::timeout(p.connect_timeout, open(p))
+    let opened = async {
+        let mut ws = open(p).await?;
+        let ha_version = match &p.ha {
+            Some(ha) => Some(homeassistant::authenticate(&mut ws, ha, p.url.as_str()).await?),
+            None => None,
+        };
+        Ok(Connected { ws, ha_version })
+    };
+    tokio::time::timeout(p.connect_timeout, opened)
         .await
         .unwrap_or(Err(ConnectError::Timeout { url, ms: p.connect_timeout.as_millis() as u64 }))
 }

@@ -14,6 +14,7 @@
 //!   control socket) that fall behind miss events, they never slow the daemon.
 
 pub mod connect;
+pub mod homeassistant;
 mod outlet;
 pub mod protocol;
 pub mod queue;
@@ -93,7 +94,8 @@ pub struct SessionSummary {
     pub duration_ms: u64,
     pub frames_sent: u64,
     pub frames_dropped: u64,
-    /// Frames still queued when a deadline forced the close.
+    /// Frames still queued when a deadline forced the close, or when Home Assistant stopped listening (its end
+    /// of speech, an error, the run's end): those are never sent.
     pub frames_abandoned: u64,
 }
 
@@ -149,9 +151,15 @@ impl State {
 pub struct Reporter {
     pub events: tokio::sync::broadcast::Sender<Event>,
     pub state: Arc<tokio::sync::watch::Sender<State>>,
+    /// What `status` shows of Home Assistant, kept up to date by its sessions.
+    pub homeassistant: homeassistant::SharedStatus,
 }
 
 impl Reporter {
+    pub fn new(events: tokio::sync::broadcast::Sender<Event>) -> Self {
+        Reporter { events, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)), homeassistant: Default::default() }
+    }
+
     pub fn emit(&self, e: Event) {
         let _ = self.events.send(e);
     }

@@ -1,8 +1,10 @@
-//! The session wire protocols: voxgate/1 (MessagePack maps with a `type`) and vosk (JSON text + raw PCM).
+//! The session wire protocols: voxgate/1 (MessagePack maps with a `type`), vosk (JSON text + raw PCM) and
+//! Home Assistant's (JSON text + PCM behind a handler byte; the exchange itself is in `session::homeassistant`).
 
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
+use super::homeassistant::{self, Incoming, Kind};
 use super::{EndReason, Trigger};
 use crate::config::Protocol;
 
@@ -124,6 +126,8 @@ pub enum Reply {
     End(serde_json::Value),
     /// The final result: drain is over (`{"type":"final"}`; with vosk, the reply after eof).
     Final(serde_json::Value),
+    /// A Home Assistant pipeline event.
+    Pipeline(Kind, serde_json::Value),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -132,18 +136,30 @@ pub enum ReplyError {
     MsgPack(String),
     #[error("the server sent a text message that is not a JSON object: {0}")]
     Json(String),
+    #[error("Home Assistant sent a binary message ({0} bytes): its WebSocket API sends only text")]
+    Binary(usize),
+    /// Home Assistant refused the run: its error code, then its message.
+    #[error("{0}")]
+    Refused(String, String),
 }
 
 /// Speaks one protocol: the messages to send and how to read replies.
 #[derive(Debug, Clone, Copy)]
 pub struct Codec {
     pub protocol: Protocol,
+    /// Home Assistant: the run's handler byte, which prefixes every audio message.
+    pub handler: u8,
 }
 
 impl Codec {
+    pub fn new(protocol: Protocol) -> Self {
+        Codec { protocol, handler: 0 }
+    }
+
+    /// The first message of voxgate/1 and vosk; Home Assistant's run command is `homeassistant::run_command`.
     pub fn start(&self, msg: &ClientMessage, sample_rate: u32) -> Message {
         match self.protocol {
-            Protocol::Voxgate => Message::Binary(Bytes::from(msg.encode())),
+            Protocol::Voxgate | Protocol::Homeassistant => Message::Binary(Bytes::from(msg.encode())),
             Protocol::Vosk => Message::text(format!("{{\"config\": {{\"sample_rate\": {sample_rate}}}}}")),
         }
     }
@@ -152,24 +168,44 @@ impl Codec {
         match self.protocol {
             Protocol::Voxgate => Message::Binary(Bytes::from(ClientMessage::Audio { seq, pcm: pcm_bytes(pcm) }.encode())),
             Protocol::Vosk => Message::Binary(Bytes::from(pcm_bytes(pcm))),
+            Protocol::Homeassistant => homeassistant::audio(self.handler, pcm),
         }
     }
 
-    pub fn end(&self, reason: EndReason, frames_sent: u64, frames_dropped: u64) -> Message {
-        match self.protocol {
+    /// Our end of audio; none for Home Assistant when it ended the audio itself (`server`): after its end of
+    /// speech nothing more is sent.
+    pub fn end(&self, reason: EndReason, frames_sent: u64, frames_dropped: u64) -> Option<Message> {
+        Some(match self.protocol {
             Protocol::Voxgate => Message::Binary(Bytes::from(ClientMessage::End { reason, frames_sent, frames_dropped }.encode())),
             // The Vosk server compares this exact string.
             Protocol::Vosk => Message::text("{\"eof\" : 1}"),
-        }
+            Protocol::Homeassistant if reason == EndReason::Server => return None,
+            Protocol::Homeassistant => homeassistant::end(self.handler),
+        })
     }
 
     /// Reads a data message. `last`: with vosk, this is the reply to our eof (Vosk answers every message it
     /// gets, so that is reply number frames sent + 1, counted once the eof is out).
-    pub fn reply(&self, msg: &Message, last: bool) -> Result<Option<Reply>, ReplyError> {
+    pub fn reply(&self, msg: &Message, last: bool) -> Result<Vec<Reply>, ReplyError> {
+        if self.protocol == Protocol::Homeassistant {
+            return match msg {
+                Message::Text(t) => homeassistant::read(t.as_str())
+                    .map_err(ReplyError::Json)?
+                    .into_iter()
+                    .filter_map(|m| match m {
+                        Incoming::Event(kind, v) => Some(Ok(Reply::Pipeline(kind, v))),
+                        Incoming::Result(Ok(())) => None,
+                        Incoming::Result(Err((code, message))) => Some(Err(ReplyError::Refused(code, message))),
+                    })
+                    .collect(),
+                Message::Binary(b) => Err(ReplyError::Binary(b.len())),
+                _ => Ok(Vec::new()),
+            };
+        }
         let value: serde_json::Value = match msg {
             Message::Binary(b) => msgpack_to_json(b).map_err(ReplyError::MsgPack)?,
             Message::Text(t) => serde_json::from_str(t.as_str()).map_err(|e| ReplyError::Json(e.to_string()))?,
-            _ => return Ok(None),
+            _ => return Ok(Vec::new()),
         };
         if !value.is_object() {
             return Err(match msg {
@@ -177,12 +213,12 @@ impl Codec {
                 _ => ReplyError::Json(format!("got {value}")),
             });
         }
-        Ok(Some(match (self.protocol, value.get("type").and_then(|t| t.as_str())) {
+        Ok(vec![match (self.protocol, value.get("type").and_then(|t| t.as_str())) {
             (Protocol::Voxgate, Some("end")) => Reply::End(value),
             (Protocol::Voxgate, Some("final")) => Reply::Final(value),
             (Protocol::Vosk, _) if last => Reply::Final(value),
             _ => Reply::Message(value),
-        }))
+        }])
     }
 }
 
@@ -224,24 +260,24 @@ mod tests {
 
     #[test]
     fn vosk_eof_is_the_literal_string() {
-        let c = Codec { protocol: Protocol::Vosk };
-        assert_eq!(c.end(EndReason::Silence, 1, 0), Message::text("{\"eof\" : 1}"));
+        let c = Codec::new(Protocol::Vosk);
+        assert_eq!(c.end(EndReason::Silence, 1, 0).unwrap(), Message::text("{\"eof\" : 1}"));
         assert_eq!(c.start(&ClientMessage::End { reason: EndReason::Silence, frames_sent: 0, frames_dropped: 0 }, 16000), Message::text("{\"config\": {\"sample_rate\": 16000}}"));
         assert_eq!(c.audio(0, &[1, -1]), Message::Binary(Bytes::from(vec![1, 0, 255, 255])));
     }
 
     #[test]
     fn replies_are_classified_and_garbage_refused() {
-        let c = Codec { protocol: Protocol::Voxgate };
+        let c = Codec::new(Protocol::Voxgate);
         let bin = |v: serde_json::Value| Message::Binary(Bytes::from(rmp_serde::to_vec_named(&v).unwrap()));
-        assert!(matches!(c.reply(&bin(serde_json::json!({"type":"partial","text":"a"})), false), Ok(Some(Reply::Message(_)))));
-        assert!(matches!(c.reply(&bin(serde_json::json!({"type":"end"})), false), Ok(Some(Reply::End(_)))));
-        assert!(matches!(c.reply(&Message::text("{\"type\":\"final\"}"), true), Ok(Some(Reply::Final(_)))));
+        assert!(matches!(c.reply(&bin(serde_json::json!({"type":"partial","text":"a"})), false).as_deref(), Ok([Reply::Message(_)])));
+        assert!(matches!(c.reply(&bin(serde_json::json!({"type":"end"})), false).as_deref(), Ok([Reply::End(_)])));
+        assert!(matches!(c.reply(&Message::text("{\"type\":\"final\"}"), true).as_deref(), Ok([Reply::Final(_)])));
         assert!(matches!(c.reply(&Message::Binary(Bytes::from_static(&[0xc1, 0xff])), false), Err(ReplyError::MsgPack(_))));
         assert!(matches!(c.reply(&Message::text("not json"), false), Err(ReplyError::Json(_))));
         assert!(matches!(c.reply(&Message::text("[1,2]"), false), Err(ReplyError::Json(_))));
-        let v = Codec { protocol: Protocol::Vosk };
-        assert!(matches!(v.reply(&Message::text("{\"partial\":\"x\"}"), false), Ok(Some(Reply::Message(_)))));
-        assert!(matches!(v.reply(&Message::text("{\"text\":\"x\"}"), true), Ok(Some(Reply::Final(_)))));
+        let v = Codec::new(Protocol::Vosk);
+        assert!(matches!(v.reply(&Message::text("{\"partial\":\"x\"}"), false).as_deref(), Ok([Reply::Message(_)])));
+        assert!(matches!(v.reply(&Message::text("{\"text\":\"x\"}"), true).as_deref(), Ok([Reply::Final(_)])));
     }
 }

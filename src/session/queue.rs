@@ -185,6 +185,18 @@ impl SessionQueue {
         s.dropped + s.missed
     }
 
+    /// Throws away the frames still waiting (they will never be sent); returns how many.
+    pub fn clear(&self) -> usize {
+        let mut s = self.lock();
+        let n = s.frames.len();
+        s.frames.clear();
+        drop(s);
+        if n > 0 && self.lossless {
+            self.space.notify_one();
+        }
+        n
+    }
+
     /// Frames still waiting.
     pub fn len(&self) -> usize {
         self.lock().frames.len()

@@ -18,9 +18,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::Instrument;
 
-use super::connect::{Params, connect};
+use super::connect::{ConnectError, Connected, Params, connect};
+use super::homeassistant::{self as ha, Kind};
 use super::outlet::{Direct, Wire};
-use super::protocol::{ClientMessage, Reply};
+use super::protocol::{ClientMessage, Reply, ReplyError};
 use tokio::sync::watch;
 
 use super::{EndReason, Event, Reporter, SessionRequest, SessionSummary};
@@ -33,6 +34,9 @@ pub enum Phase {
     /// The end is decided: sending what is queued and `end`, then waiting for the final reply.
     Draining,
 }
+
+/// The longest a Home Assistant run may go on after its audio (through intent and speech synthesis).
+pub const HA_ANSWER_MAX: Duration = Duration::from_secs(30);
 
 /// How the reader stopped.
 enum ReaderEnd {
@@ -84,14 +88,54 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         }
     };
     let ws = match connected {
-        Ok(ws) => ws,
+        Ok(Connected { ws, ha_version }) => {
+            if let Some(version) = ha_version {
+                ha::update(&reporter.homeassistant, |s| {
+                    s.connected = true;
+                    s.version = Some(version);
+                    s.error = None;
+                });
+            }
+            ws
+        }
         Err(e) => {
+            if let ConnectError::TokenRefused { .. } = &e {
+                ha::update(&reporter.homeassistant, |s| s.error = Some(e.to_string()));
+            }
             queue.finish(EndReason::Error);
             return summary(EndReason::Error, Some(e.to_string()), 0, queue.len() as u64);
         }
     };
-    phase.send_replace(Phase::Streaming);
     let (mut sink, mut stream) = ws.split();
+    let mut codec = p.codec;
+    if let Some(hp) = &p.ha {
+        // The run: its answer and its `run-start` come before any audio, within the connect timeout.
+        ha::update(&reporter.homeassistant, |s| s.pipeline = hp.pipeline.clone());
+        let begun = async {
+            sink.send(ha::run_command(hp, p.sample_rate, req.wakeword.as_deref()))
+                .await
+                .map_err(|e| (EndReason::Error, format!("cannot send the run to {url}: {e}")))?;
+            begin(&mut stream, p, reporter, &session).await
+        };
+        let begun = tokio::select! {
+            r = tokio::time::timeout(p.connect_timeout, begun) => r.unwrap_or_else(|_| {
+                Err((EndReason::Error, format!("Home Assistant did not start the run within {} ms", p.connect_timeout.as_millis())))
+            }),
+            () = queue.wait_called_off() => Err((EndReason::Stopped, String::new())),
+        };
+        match begun {
+            Ok(handler) => codec.handler = handler,
+            Err((reason, detail)) => {
+                ha::update(&reporter.homeassistant, |s| s.connected = false);
+                // Called off (stop, shutdown) keeps its own reason.
+                let reason = if queue.finish(reason) { reason } else { queue.ended().unwrap_or(reason) };
+                let detail = Some(detail).filter(|d| !d.is_empty());
+                let unsent = queue.clear() as u64;
+                return summary(reason, detail, 0, unsent);
+            }
+        }
+    }
+    phase.send_replace(Phase::Streaming);
     let start = ClientMessage::Start {
         proto: 1,
         session: session.clone(),
@@ -105,19 +149,26 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         preroll_ms: req.preroll_ms,
         host: p.host.clone(),
     };
-    if let Err(e) = sink.send(p.codec.start(&start, p.sample_rate)).await {
-        queue.finish(EndReason::Error);
-        return summary(EndReason::Error, Some(format!("cannot send start to {url}: {e}")), 0, queue.len() as u64);
+    if p.ha.is_none() {
+        if let Err(e) = sink.send(codec.start(&start, p.sample_rate)).await {
+            queue.finish(EndReason::Error);
+            return summary(EndReason::Error, Some(format!("cannot send start to {url}: {e}")), 0, queue.len() as u64);
+        }
     }
     let sent = Arc::new(AtomicU64::new(0));
     let end_sent = Arc::new(AtomicBool::new(false));
+    // Frames thrown away because Home Assistant stopped listening, and why it ended the run, if it said.
+    let discarded = Arc::new(AtomicU64::new(0));
+    let server_detail: Arc<Mutex<Option<String>>> = Arc::default();
+    // Every message read: during the drain, Home Assistant's run is alive as long as events keep coming.
+    let progress = Arc::new(tokio::sync::Notify::new());
     let direct = Arc::new(Direct {
-        wire: Mutex::new(Some(Wire { sink, codec: p.codec, base: req.first_seq, sent: sent.clone(), failed: None })),
+        wire: Mutex::new(Some(Wire { sink, codec, base: req.first_seq, sent: sent.clone(), failed: None })),
         waker: queue.waker(),
     });
     queue.attach(direct.clone());
     let mut writer = tokio::spawn({
-        let (queue, direct, sent, end_sent, codec) = (queue.clone(), direct.clone(), sent.clone(), end_sent.clone(), p.codec);
+        let (queue, direct, sent, end_sent) = (queue.clone(), direct.clone(), sent.clone(), end_sent.clone());
         async move {
             // What the detector thread could not send at once, then the end.
             let reason = loop {
@@ -136,7 +187,9 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
             };
             let Some(Wire { mut sink, .. }) = direct.lock().take() else { return Err(WsError::AlreadyClosed) };
             if reason != EndReason::Error {
-                sink.send(codec.end(reason, sent.load(Ordering::Relaxed), queue.dropped())).await?;
+                if let Some(end) = codec.end(reason, sent.load(Ordering::Relaxed), queue.dropped()) {
+                    sink.send(end).await?;
+                }
                 end_sent.store(true, Ordering::Release);
             }
             Ok::<_, WsError>(sink)
@@ -144,7 +197,8 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         .in_current_span()
     });
     let mut reader = tokio::spawn({
-        let (queue, codec, reporter, session, end_sent, sent) = (queue.clone(), p.codec, reporter.clone(), session.clone(), end_sent.clone(), sent.clone());
+        let (queue, reporter, session, end_sent, sent) = (queue.clone(), reporter.clone(), session.clone(), end_sent.clone(), sent.clone());
+        let (discarded, server_detail, progress) = (discarded.clone(), server_detail.clone(), progress.clone());
         async move {
             let mut replies = 0u64;
             while let Some(msg) = stream.next().await {
@@ -152,6 +206,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
                     Ok(m) => m,
                     Err(e) => return ReaderEnd::Failed(format!("connection failed: {e}")),
                 };
+                progress.notify_one();
                 if let Message::Close(frame) = &msg {
                     tracing::debug!("server closed: {frame:?}");
                     return ReaderEnd::Closed;
@@ -161,25 +216,44 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
                 }
                 // Vosk answers every message: the reply to the eof is the one after one per frame sent.
                 let last = end_sent.load(Ordering::Acquire) && replies > sent.load(Ordering::Relaxed);
-                match codec.reply(&msg, last) {
-                    Ok(None) => {}
-                    Ok(Some(reply)) => {
-                        let (value, done) = match reply {
-                            Reply::Message(v) => (v, false),
-                            Reply::End(v) => {
-                                queue.finish(EndReason::Server);
-                                (v, false)
-                            }
-                            Reply::Final(v) => (v, true),
-                        };
-                        let value = super::protocol::shown(value);
-                        tracing::info!(event = "server_message", "server: {value}");
-                        reporter.emit(Event::ServerMessage { session: session.clone(), message: value });
-                        if done {
-                            return ReaderEnd::Final;
-                        }
+                let replies = match codec.reply(&msg, last) {
+                    Ok(r) => r,
+                    Err(ReplyError::Refused(code, message)) => {
+                        tracing::warn!("Home Assistant refused the run: {code}: {message}");
+                        return ReaderEnd::Failed(ha::clip(&code));
                     }
                     Err(e) => return ReaderEnd::Failed(e.to_string()),
+                };
+                for reply in replies {
+                    let (value, done) = match reply {
+                        Reply::Message(v) => (v, false),
+                        Reply::End(v) => {
+                            queue.finish(EndReason::Server);
+                            (v, false)
+                        }
+                        Reply::Final(v) => (v, true),
+                        Reply::Pipeline(kind, v) => {
+                            if kind == Kind::Error {
+                                *server_detail.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = ha::error_code(&v).map(ha::clip);
+                            }
+                            if kind.stops_audio() {
+                                // Home Assistant has stopped listening: nothing more is sent, not even what is queued.
+                                queue.finish(EndReason::Server);
+                                discarded.fetch_add(queue.clear() as u64, Ordering::Relaxed);
+                            }
+                            pipeline_event(&kind, v, &reporter, &session);
+                            if kind == Kind::RunEnd {
+                                return ReaderEnd::Final;
+                            }
+                            continue;
+                        }
+                    };
+                    let value = super::protocol::shown(value);
+                    tracing::info!(event = "server_message", "server: {value}");
+                    reporter.emit(Event::ServerMessage { session: session.clone(), message: value });
+                    if done {
+                        return ReaderEnd::Final;
+                    }
                 }
             }
             ReaderEnd::Closed
@@ -245,17 +319,39 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     };
     // The queue outlives the session on the detector thread: the connection must not live on in it.
     drop(direct.lock().take());
-    // Drain 2: the server's final reply or its close.
+    // Drain 2: the server's final reply or its close. Home Assistant's run goes on through the answer's stages
+    // after the audio: it may take `drain_timeout_ms` between two events, up to `HA_ANSWER_MAX` in all.
     if sink.is_some() && reader_done.is_none() && reason != EndReason::Error {
-        match tokio::time::timeout(p.drain_timeout, &mut reader).await {
-            Ok(Ok(ReaderEnd::Failed(e))) => {
-                detail.get_or_insert(e);
+        let whole = tokio::time::sleep(if p.ha.is_some() { HA_ANSWER_MAX.max(p.drain_timeout) } else { p.drain_timeout });
+        tokio::pin!(whole);
+        loop {
+            tokio::select! {
+                r = &mut reader => {
+                    if let Ok(ReaderEnd::Failed(e)) = r {
+                        detail.get_or_insert(e);
+                    }
+                    break;
+                }
+                () = progress.notified(), if p.ha.is_some() => {}
+                () = tokio::time::sleep(p.drain_timeout) => {
+                    tracing::info!("no final reply within {} ms", p.drain_timeout.as_millis());
+                    break;
+                }
+                () = &mut whole => {
+                    tracing::info!("no final reply within {} ms", HA_ANSWER_MAX.as_millis());
+                    break;
+                }
             }
-            Ok(_) => {}
-            Err(_) => tracing::info!("no final reply within {} ms", p.drain_timeout.as_millis()),
         }
     }
     reader.abort();
+    if p.ha.is_some() {
+        ha::update(&reporter.homeassistant, |s| s.connected = false);
+    }
+    if let Some(code) = server_detail.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        detail.get_or_insert(code);
+    }
+    abandoned += discarded.load(Ordering::Relaxed);
     if let Some(mut sink) = sink {
         let close = Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }));
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
@@ -265,4 +361,72 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         .await;
     }
     summary(reason, detail, sent.load(Ordering::Relaxed), abandoned)
+}
+
+/// Reads Home Assistant's answer to the run command up to its `stt-start`, the moment it reads audio; returns
+/// the handler byte from `run-start`. Audio sent earlier would wait in Home Assistant's queue, but a run can
+/// also end before it reads any (a wake-up another satellite already reported): then nothing must be sent. A
+/// run refused or ended early gives the reason and the code.
+async fn begin(
+    stream: &mut futures_util::stream::SplitStream<super::connect::Socket>,
+    p: &Params,
+    reporter: &Reporter,
+    session: &str,
+) -> Result<u8, (EndReason, String)> {
+    let failed = |detail: String| (EndReason::Error, detail);
+    let mut handler = None;
+    while let Some(msg) = stream.next().await {
+        let msg = msg.map_err(|e| failed(format!("connection failed before the run started: {e}")))?;
+        if let Message::Close(frame) = &msg {
+            return Err(failed(format!("Home Assistant closed the connection before the run started: {frame:?}")));
+        }
+        let replies = match p.codec.reply(&msg, false) {
+            Ok(r) => r,
+            Err(ReplyError::Refused(code, message)) => {
+                tracing::warn!("Home Assistant refused the run: {code}: {message}");
+                ha::update(&reporter.homeassistant, |s| s.error = Some(ha::clip(&format!("{code}: {message}"))));
+                return Err(failed(ha::clip(&code)));
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        for reply in replies {
+            let Reply::Pipeline(kind, value) = reply else { continue };
+            if kind == Kind::RunStart {
+                handler = Some(ha::handler_of(&value).ok_or_else(|| failed("Home Assistant's run-start names no stt_binary_handler_id".into()))?);
+            }
+            let code = ha::error_code(&value).map(ha::clip);
+            pipeline_event(&kind, value, reporter, session);
+            match kind {
+                Kind::SttStart => return handler.ok_or_else(|| failed("Home Assistant sent stt-start before run-start".into())),
+                _ if kind.stops_audio() => return Err((EndReason::Server, code.unwrap_or_else(|| "the run ended before it read any audio".into()))),
+                _ => {}
+            }
+        }
+    }
+    Err(failed("Home Assistant closed the connection before the run started".into()))
+}
+
+/// Logs and publishes one pipeline event, and keeps `status` up to date.
+fn pipeline_event(kind: &Kind, value: serde_json::Value, reporter: &Reporter, session: &str) {
+    ha::log_event(kind, &value);
+    match kind {
+        Kind::SttEnd => {
+            let text = ha::transcript(&value).map(ha::clip);
+            ha::update(&reporter.homeassistant, |s| s.transcript = text);
+        }
+        Kind::IntentEnd => {
+            let text = ha::answer(&value).map(ha::clip);
+            ha::update(&reporter.homeassistant, |s| s.answer = text);
+        }
+        Kind::Error => {
+            let text = ha::clip(&format!("{}: {}", ha::error_code(&value).unwrap_or("?"), ha::error_message(&value).unwrap_or("")));
+            ha::update(&reporter.homeassistant, |s| s.error = Some(text));
+        }
+        Kind::RunStart => ha::update(&reporter.homeassistant, |s| {
+            s.transcript = None;
+            s.answer = None;
+        }),
+        _ => {}
+    }
+    reporter.emit(Event::ServerMessage { session: session.to_string(), message: super::protocol::shown(value) });
 }

@@ -263,7 +263,7 @@ mod tests {
         let mut config = Config::default();
         config.session.url = format!("ws://127.0.0.1:{port}/");
         let (events, mut rx) = tokio::sync::broadcast::channel(256);
-        let reporter = Reporter { events, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)) };
+        let reporter = Reporter::new(events);
         let (tx, requests) = mpsc::channel(8);
         let (_commands_tx, commands) = mpsc::channel(1);
         let supervisor = Supervisor::new(Params::new(&config).unwrap(), reporter, requests, commands);
@@ -319,7 +319,7 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut config = Config::default();
         config.session.url = format!("ws://127.0.0.1:{port}/");
-        let reporter = Reporter { events: tokio::sync::broadcast::channel(256).0, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)) };
+        let reporter = Reporter::new(tokio::sync::broadcast::channel(256).0);
         let mut state = reporter.state.subscribe();
         let (requests_tx, requests) = mpsc::channel(8);
         let (commands_tx, commands) = mpsc::channel(8);

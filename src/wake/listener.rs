@@ -498,7 +498,7 @@ mod tests {
         config.wake.mode = WakeMode::Manual;
         config.session.preroll_ms = preroll_ms;
         let (tx, rx) = mpsc::channel(4);
-        let reporter = Reporter { events: broadcast::channel(16).0, state: Arc::new(watch::Sender::new(State::Listening)) };
+        let reporter = Reporter::new(broadcast::channel(16).0);
         (Side::new(&config, None, tx, reporter, Arc::new(AtomicU64::new(0))), rx)
     }
 
@@ -558,7 +558,7 @@ mod tests {
         let spec = FrameSpec::from_config(&config.audio);
         let detector = Detector::new(&config.wake, spec, 200).unwrap();
         let (tx, _rx) = mpsc::channel(4);
-        let reporter = Reporter { events: broadcast::channel(16).0, state: Arc::new(watch::Sender::new(State::Listening)) };
+        let reporter = Reporter::new(broadcast::channel(16).0);
         let mut side = Side::new(&config, Some(detector), tx, reporter, Arc::new(AtomicU64::new(0)));
         let silence = (0..400).map(|seq| frame(seq, 0));
         silence.for_each(|f| side.frame(f));
@@ -584,7 +584,7 @@ mod handle_tests {
         config.wake.mode = WakeMode::Manual;
         let (frames_tx, frames) = crossbeam_channel::bounded(4);
         let (requests, requests_rx) = mpsc::channel(4);
-        let reporter = Reporter { events: broadcast::channel(16).0, state: Arc::new(watch::Sender::new(State::Listening)) };
+        let reporter = Reporter::new(broadcast::channel(16).0);
         let start = Start {
             config,
             detector: None,

@@ -695,10 +695,7 @@ fn manual_request(session: &str, queue: Arc<voxgate::session::SessionQueue>) -> 
 
 /// A reporter nobody listens to.
 fn quiet_reporter() -> voxgate::session::Reporter {
-    voxgate::session::Reporter {
-        events: tokio::sync::broadcast::channel(64).0,
-        state: Arc::new(tokio::sync::watch::Sender::new(voxgate::session::State::Listening)),
-    }
+    voxgate::session::Reporter::new(tokio::sync::broadcast::channel(64).0)
 }
 
 /// The network deadlines on tokio's paused clock: time only moves when every task waits, so each deadline is

@@ -1,0 +1,308 @@
+//! Home Assistant's WebSocket API (`session.protocol = "homeassistant"`): each session is one Assist pipeline
+//! run on a connection of its own, fed with the session's audio.
+//!
+//! The exchange, in order:
+//! 1. On connect (within `connect_timeout_ms`): Home Assistant sends `auth_required`; we send
+//!    `{"type":"auth","access_token":…}`; it answers `auth_ok` (with its version) or `auth_invalid`.
+//! 2. The run ([`run_command`]): `{"id":1,"type":"assist_pipeline/run","start_stage":"stt",…}`. Home Assistant
+//!    answers with a `result` (a refusal names its code, e.g. `pipeline-not-found`), then the `run-start`
+//!    event, whose `stt_binary_handler_id` is the byte that prefixes every audio message.
+//! 3. Audio: binary `[handler] + s16le PCM`, from the pre-roll on; our end of audio is `[handler]` alone.
+//!    Sending stops for good at `stt-vad-end`, `stt-end`, `error` or `run-end` ([`Kind::stops_audio`]): after
+//!    `run-end` Home Assistant no longer knows the handler and logs an error for every frame.
+//! 4. Events: `{"id":1,"type":"event","event":{"type":"stt-end","data":…}}`, possibly several in one JSON array.
+//!    Each is published as it comes; `run-end` ends the session.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+use super::connect::{ConnectError, Socket};
+use crate::config::EndStage;
+
+/// The id of the run command: one run per connection, and ids must only increase over a connection.
+pub const RUN_ID: u64 = 1;
+
+/// What a session needs to ask for a run.
+#[derive(Clone)]
+pub struct HaParams {
+    pub token: Token,
+    pub token_file: String,
+    pub pipeline: String,
+    pub end_stage: EndStage,
+}
+
+/// A long-lived access token. It is only ever written into the `auth` message; `Debug` does not show it.
+#[derive(Clone)]
+pub struct Token(pub(super) String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(…)")
+    }
+}
+
+/// What `status` shows of Home Assistant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HaStatus {
+    /// A run's connection is open now.
+    pub connected: bool,
+    /// The version the last successful authentication reported.
+    pub version: Option<String>,
+    /// The pipeline asked for ("" = Home Assistant's preferred one).
+    pub pipeline: String,
+    /// What the last run heard (`stt-end`) and answered (`intent-end`).
+    pub transcript: Option<String>,
+    pub answer: Option<String>,
+    /// The last failure: a refused token, a refused run, an `error` event.
+    pub error: Option<String>,
+}
+
+/// The shared copy of [`HaStatus`]: sessions write it, `status` reads it.
+pub type SharedStatus = Arc<Mutex<HaStatus>>;
+
+pub fn update(status: &SharedStatus, f: impl FnOnce(&mut HaStatus)) {
+    f(&mut status.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
+/// An event type of a run, as far as the session cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    RunStart,
+    /// Home Assistant starts reading the audio.
+    SttStart,
+    SttVadEnd,
+    SttEnd,
+    IntentEnd,
+    Error,
+    RunEnd,
+    /// Any other (or a future) event type: published, nothing else.
+    Other,
+}
+
+impl Kind {
+    fn of(name: &str) -> Kind {
+        match name {
+            "run-start" => Kind::RunStart,
+            "stt-start" => Kind::SttStart,
+            "stt-vad-end" => Kind::SttVadEnd,
+            "stt-end" => Kind::SttEnd,
+            "intent-end" => Kind::IntentEnd,
+            "error" => Kind::Error,
+            "run-end" => Kind::RunEnd,
+            _ => Kind::Other,
+        }
+    }
+
+    /// After this event no more audio is sent: Home Assistant has stopped listening, or the run is over.
+    pub fn stops_audio(&self) -> bool {
+        matches!(self, Kind::SttVadEnd | Kind::SttEnd | Kind::Error | Kind::RunEnd)
+    }
+}
+
+/// One message of ours from Home Assistant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// The answer to the run command: `Err((code, message))` when it was refused.
+    Result(Result<(), (String, String)>),
+    /// A pipeline event: `{"type":"stt-end","data":{…},"timestamp":…}`.
+    Event(Kind, Value),
+}
+
+/// Reads a text message: one JSON object or an array of them (Home Assistant coalesces). Messages for other
+/// ids and of other types (`pong`, …) are left out; unknown fields are ignored.
+pub fn read(text: &str) -> Result<Vec<Incoming>, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let items = match value {
+        Value::Array(items) => items,
+        single => vec![single],
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Value::Object(mut map) = item else { return Err(format!("not a JSON object: {}", super::protocol::shown(item))) };
+        if map.get("id").and_then(Value::as_u64) != Some(RUN_ID) {
+            continue;
+        }
+        match map.get("type").and_then(Value::as_str) {
+            Some("result") => {
+                let ok = map.get("success").and_then(Value::as_bool).unwrap_or(false);
+                let error = map.get("error");
+                let field = |k: &str| error.and_then(|e| e.get(k)).and_then(Value::as_str).unwrap_or("").to_string();
+                out.push(Incoming::Result(if ok { Ok(()) } else { Err((field("code"), field("message"))) }));
+            }
+            Some("event") => {
+                let event = map.remove("event").unwrap_or(Value::Null);
+                let kind = Kind::of(event.get("type").and_then(Value::as_str).unwrap_or(""));
+                out.push(Incoming::Event(kind, event));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// How much of a transcript, an answer or an error `status` and a session's end keep.
+pub const CLIP: usize = 1024;
+
+/// The first [`CLIP`] bytes of `s` (cut at a character boundary), with "…" when it was longer.
+pub fn clip(s: &str) -> String {
+    if s.len() <= CLIP {
+        return s.to_string();
+    }
+    let mut cut = CLIP;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+/// The handler byte of a `run-start` event.
+pub fn handler_of(run_start: &Value) -> Option<u8> {
+    run_start.pointer("/data/runner_data/stt_binary_handler_id").and_then(Value::as_u64).and_then(|h| u8::try_from(h).ok())
+}
+
+/// The transcript of an `stt-end`, the spoken answer of an `intent-end`, the code of an `error`.
+pub fn transcript(event: &Value) -> Option<&str> {
+    event.pointer("/data/stt_output/text").and_then(Value::as_str)
+}
+
+pub fn answer(event: &Value) -> Option<&str> {
+    event.pointer("/data/intent_output/response/speech/plain/speech").and_then(Value::as_str)
+}
+
+pub fn error_code(event: &Value) -> Option<&str> {
+    event.pointer("/data/code").and_then(Value::as_str)
+}
+
+pub fn error_message(event: &Value) -> Option<&str> {
+    event.pointer("/data/message").and_then(Value::as_str)
+}
+
+/// The run command. `wake_word_phrase` lets Home Assistant tell one wake-up heard by several satellites.
+pub fn run_command(p: &HaParams, sample_rate: u32, wakeword: Option<&str>) -> Message {
+    let mut input = json!({ "sample_rate": sample_rate });
+    if let Some(w) = wakeword {
+        input["wake_word_phrase"] = Value::from(w.replace('_', " "));
+    }
+    let mut cmd = json!({
+        "id": RUN_ID,
+        "type": "assist_pipeline/run",
+        "start_stage": "stt",
+        "end_stage": p.end_stage.as_str(),
+        "input": input,
+    });
+    if !p.pipeline.is_empty() {
+        cmd["pipeline"] = Value::from(p.pipeline.clone());
+    }
+    Message::text(cmd.to_string())
+}
+
+/// An audio message: the handler byte, then the samples.
+pub fn audio(handler: u8, pcm: &[i16]) -> Message {
+    let mut bytes = Vec::with_capacity(1 + pcm.len() * 2);
+    bytes.push(handler);
+    for s in pcm {
+        bytes.extend_from_slice(&s.to_le_bytes());
+    }
+    Message::Binary(Bytes::from(bytes))
+}
+
+/// The end of audio: the handler byte alone.
+pub fn end(handler: u8) -> Message {
+    Message::Binary(Bytes::from(vec![handler]))
+}
+
+/// Authenticates a new connection; returns Home Assistant's version. The caller bounds the time.
+pub async fn authenticate(ws: &mut Socket, p: &HaParams, url: &str) -> Result<String, ConnectError> {
+    let unexpected = |what: String| ConnectError::HomeAssistant { url: url.to_string(), message: what };
+    let first = next_object(ws, url).await?;
+    if first.get("type").and_then(Value::as_str) != Some("auth_required") {
+        return Err(unexpected(format!("expected auth_required, got {}", super::protocol::shown(first))));
+    }
+    let auth = json!({"type": "auth", "access_token": p.token.0});
+    ws.send(Message::text(auth.to_string())).await.map_err(|e| unexpected(format!("cannot send the token: {e}")))?;
+    let answer = next_object(ws, url).await?;
+    match answer.get("type").and_then(Value::as_str) {
+        Some("auth_ok") => Ok(answer.get("ha_version").and_then(Value::as_str).unwrap_or("unknown").to_string()),
+        Some("auth_invalid") => Err(ConnectError::TokenRefused {
+            url: url.to_string(),
+            token_file: p.token_file.clone(),
+            message: clip(answer.get("message").and_then(Value::as_str).unwrap_or("")),
+        }),
+        _ => Err(unexpected(format!("expected auth_ok, got {}", super::protocol::shown(answer)))),
+    }
+}
+
+/// The next text message as a JSON object (pings are answered by the library on the way).
+async fn next_object(ws: &mut Socket, url: &str) -> Result<Value, ConnectError> {
+    let fail = |message: String| ConnectError::HomeAssistant { url: url.to_string(), message };
+    loop {
+        match ws.next().await {
+            None => return Err(fail("the connection closed during authentication".into())),
+            Some(Err(e)) => return Err(fail(format!("the connection failed during authentication: {e}"))),
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).map_err(|e| fail(format!("not JSON during authentication: {e}")))?;
+                return if v.is_object() { Ok(v) } else { Err(fail(format!("not a JSON object: {}", super::protocol::shown(v)))) };
+            }
+            Some(Ok(Message::Close(frame))) => return Err(fail(format!("closed during authentication: {frame:?}"))),
+            Some(Ok(Message::Binary(_))) => return Err(fail("a binary message during authentication".into())),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Logs an event at info, with its type (`VOXGATE_HA_EVENT` in the journal), and the transcript or the
+/// answer as fields of their own.
+pub fn log_event(kind: &Kind, event: &Value) {
+    let name = event.get("type").and_then(Value::as_str).unwrap_or("?");
+    let shown = super::protocol::shown(event.clone());
+    match kind {
+        Kind::SttEnd => tracing::info!(event = "server_message", ha_event = name, transcript = transcript(event), "Home Assistant: {shown}"),
+        Kind::IntentEnd => tracing::info!(event = "server_message", ha_event = name, answer = answer(event), "Home Assistant: {shown}"),
+        Kind::Error => tracing::warn!(event = "server_message", ha_event = name, code = error_code(event), "Home Assistant: {shown}"),
+        _ => tracing::info!(event = "server_message", ha_event = name, "Home Assistant: {shown}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_read_singly_or_coalesced_and_others_ignored() {
+        let one = r#"{"id":1,"type":"result","success":true,"result":null}"#;
+        assert_eq!(read(one).unwrap(), vec![Incoming::Result(Ok(()))]);
+        let refused = r#"{"id":1,"type":"result","success":false,"error":{"code":"pipeline-not-found","message":"Pipeline not found: id=x"}}"#;
+        assert_eq!(read(refused).unwrap(), vec![Incoming::Result(Err(("pipeline-not-found".into(), "Pipeline not found: id=x".into())))]);
+        let many = r#"[{"id":1,"type":"event","event":{"type":"run-start","data":{"runner_data":{"stt_binary_handler_id":3,"timeout":300}},"timestamp":"t"}},
+            {"id":7,"type":"event","event":{"type":"run-end"}},{"id":1,"type":"pong"},
+            {"id":1,"type":"event","event":{"type":"brand-new","data":{},"extra":1}}]"#;
+        let got = read(many).unwrap();
+        assert_eq!(got.len(), 2);
+        let Incoming::Event(Kind::RunStart, start) = &got[0] else { panic!("{got:?}") };
+        assert_eq!(handler_of(start), Some(3));
+        assert!(matches!(&got[1], Incoming::Event(Kind::Other, _)));
+        assert!(read("[1]").is_err() && read("nope").is_err());
+        assert_eq!(handler_of(&json!({"data":{"runner_data":{"stt_binary_handler_id":300}}})), None);
+    }
+
+    #[test]
+    fn the_run_command_and_audio_are_what_home_assistant_expects() {
+        let p = HaParams { token: Token("t".into()), token_file: "/t".into(), pipeline: String::new(), end_stage: EndStage::Intent };
+        let Message::Text(t) = run_command(&p, 16000, Some("hey_jarvis")) else { panic!() };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(
+            v,
+            json!({"id":1,"type":"assist_pipeline/run","start_stage":"stt","end_stage":"intent","input":{"sample_rate":16000,"wake_word_phrase":"hey jarvis"}})
+        );
+        let named = HaParams { pipeline: "Kitchen".into(), ..p.clone() };
+        let Message::Text(t) = run_command(&named, 16000, None) else { panic!() };
+        assert!(t.as_str().contains(r#""pipeline":"Kitchen""#) && !t.as_str().contains("wake_word_phrase"));
+        assert_eq!(audio(2, &[1, -1]), Message::Binary(Bytes::from(vec![2, 1, 0, 255, 255])));
+        assert_eq!(end(2), Message::Binary(Bytes::from(vec![2])));
+        assert_eq!(format!("{:?}", p.token), "Token(…)");
+    }
+}
