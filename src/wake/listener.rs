@@ -489,9 +489,8 @@ impl Meter {
 mod tests {
     use super::*;
 
-    use tokio::sync::{broadcast, watch};
+    use tokio::sync::broadcast;
 
-    use crate::session::State;
 
     fn side(preroll_ms: u64) -> (Side, mpsc::Receiver<SessionRequest>) {
         let mut config = Config::default();
@@ -574,10 +573,9 @@ mod tests {
 mod handle_tests {
     use std::sync::Arc;
 
-    use tokio::sync::{broadcast, mpsc, oneshot, watch};
+    use tokio::sync::{broadcast, mpsc, oneshot};
 
     use super::*;
-    use crate::session::State;
 
     fn listener() -> (Listener, crossbeam_channel::Sender<Frame>, mpsc::Receiver<SessionRequest>) {
         let mut config = Config::default();

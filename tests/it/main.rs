@@ -6,6 +6,7 @@ mod cli;
 mod control;
 mod daemon;
 mod files;
+mod homeassistant;
 mod sessions;
 mod support;
 mod system;
