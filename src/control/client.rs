@@ -106,7 +106,11 @@ fn describe_status(s: &Status) -> String {
     }
     if let Some(h) = &s.homeassistant {
         let version = h.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
-        let link = if h.connected { "running a pipeline" } else { "idle (a connection per session)" };
+        let link = match (h.running, h.connected) {
+            (true, _) => "running a pipeline",
+            (false, true) => "connected",
+            (false, false) => "not connected",
+        };
         let pipeline = if h.pipeline.is_empty() { "the preferred pipeline".to_string() } else { format!("pipeline {:?}", h.pipeline) };
         row("assistant", format!("Home Assistant{version}, {link}, {pipeline}"));
         if let Some(t) = &h.transcript {
@@ -115,8 +119,11 @@ fn describe_status(s: &Status) -> String {
         if let Some(a) = &h.answer {
             row("answered", format!("{a:?}"));
         }
+        if let Some(e) = &h.link_error {
+            row("link error", e.clone());
+        }
         if let Some(e) = &h.error {
-            row("ha error", e.clone());
+            row("run error", e.clone());
         }
     }
     row("config", s.config_file.clone().unwrap_or_else(|| "built-in defaults".into()));

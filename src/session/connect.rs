@@ -75,6 +75,8 @@ pub struct Params {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// `session.protocol = "homeassistant"`: the token and what to ask for.
     pub ha: Option<HaParams>,
+    /// Home Assistant: the connection kept open ahead of the next session, once the supervisor started it.
+    pub warm: Option<super::warm::Warm>,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
     pub sample_rate: u32,
@@ -110,6 +112,7 @@ impl Params {
             authorization,
             tls,
             ha,
+            warm: None,
             connect_timeout: Duration::from_millis(s.connect_timeout_ms),
             drain_timeout: Duration::from_millis(s.drain_timeout_ms),
             sample_rate: config.audio.sample_rate,
@@ -187,6 +190,8 @@ pub struct Connected {
     pub ws: Socket,
     /// Home Assistant's version, from its `auth_ok`.
     pub ha_version: Option<String>,
+    /// Home Assistant: the id of the next command (ids only increase over a connection).
+    pub next_id: u64,
 }
 
 /// Opens the WebSocket and, for Home Assistant, authenticates: all of it within `connect_timeout`.
@@ -198,7 +203,7 @@ pub async fn connect(p: &Params) -> Result<Connected, ConnectError> {
             Some(ha) => Some(homeassistant::authenticate(&mut ws, ha, p.url.as_str()).await?),
             None => None,
         };
-        Ok(Connected { ws, ha_version })
+        Ok(Connected { ws, ha_version, next_id: 1 })
     };
     tokio::time::timeout(p.connect_timeout, opened)
         .await

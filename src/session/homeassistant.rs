@@ -4,7 +4,7 @@
 //! The exchange, in order:
 //! 1. On connect (within `connect_timeout_ms`): Home Assistant sends `auth_required`; we send
 //!    `{"type":"auth","access_token":…}`; it answers `auth_ok` (with its version) or `auth_invalid`.
-//! 2. The run ([`run_command`]): `{"id":1,"type":"assist_pipeline/run","start_stage":"stt",…}`. Home Assistant
+//! 2. The run ([`run_command`]): `{"id":N,"type":"assist_pipeline/run","start_stage":"stt",…}`. Home Assistant
 //!    answers with a `result` (a refusal names its code, e.g. `pipeline-not-found`), then the `run-start`
 //!    event, whose `stt_binary_handler_id` is the byte that prefixes every audio message.
 //! 3. Audio: binary `[handler] + s16le PCM`, from the pre-roll on; our end of audio is `[handler]` alone.
@@ -22,9 +22,6 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use super::connect::{ConnectError, Socket};
 use crate::config::EndStage;
-
-/// The id of the run command: one run per connection, and ids must only increase over a connection.
-pub const RUN_ID: u64 = 1;
 
 /// What a session needs to ask for a run.
 #[derive(Clone)]
@@ -48,8 +45,10 @@ impl std::fmt::Debug for Token {
 /// What `status` shows of Home Assistant.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HaStatus {
-    /// A run's connection is open now.
+    /// A connection is open and authenticated, ready for the next session.
     pub connected: bool,
+    /// A pipeline run is going on.
+    pub running: bool,
     /// The version the last successful authentication reported.
     pub version: Option<String>,
     /// The pipeline asked for ("" = Home Assistant's preferred one).
@@ -57,7 +56,9 @@ pub struct HaStatus {
     /// What the last run heard (`stt-end`) and answered (`intent-end`).
     pub transcript: Option<String>,
     pub answer: Option<String>,
-    /// The last failure: a refused token, a refused run, an `error` event.
+    /// Why no connection can be opened now (a refused token, Home Assistant away); cleared once one opens.
+    pub link_error: Option<String>,
+    /// How the last run failed (a refused run, an `error` event); cleared when a run starts.
     pub error: Option<String>,
 }
 
@@ -113,8 +114,8 @@ pub enum Incoming {
 }
 
 /// Reads a text message: one JSON object or an array of them (Home Assistant coalesces). Messages for other
-/// ids and of other types (`pong`, …) are left out; unknown fields are ignored.
-pub fn read(text: &str) -> Result<Vec<Incoming>, String> {
+/// ids than the run's and of other types (`pong`, …) are left out; unknown fields are ignored.
+pub fn read(text: &str, run: u64) -> Result<Vec<Incoming>, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let items = match value {
         Value::Array(items) => items,
@@ -123,7 +124,7 @@ pub fn read(text: &str) -> Result<Vec<Incoming>, String> {
     let mut out = Vec::new();
     for item in items {
         let Value::Object(mut map) = item else { return Err(format!("not a JSON object: {}", super::protocol::shown(item))) };
-        if map.get("id").and_then(Value::as_u64) != Some(RUN_ID) {
+        if map.get("id").and_then(Value::as_u64) != Some(run) {
             continue;
         }
         match map.get("type").and_then(Value::as_str) {
@@ -181,14 +182,15 @@ pub fn error_message(event: &Value) -> Option<&str> {
     event.pointer("/data/message").and_then(Value::as_str)
 }
 
-/// The run command. `wake_word_phrase` lets Home Assistant tell one wake-up heard by several satellites.
-pub fn run_command(p: &HaParams, sample_rate: u32, wakeword: Option<&str>) -> Message {
+/// The run command, with the connection's next id. `wake_word_phrase` lets Home Assistant tell one wake-up
+/// heard by several satellites.
+pub fn run_command(p: &HaParams, id: u64, sample_rate: u32, wakeword: Option<&str>) -> Message {
     let mut input = json!({ "sample_rate": sample_rate });
     if let Some(w) = wakeword {
         input["wake_word_phrase"] = Value::from(w.replace('_', " "));
     }
     let mut cmd = json!({
-        "id": RUN_ID,
+        "id": id,
         "type": "assist_pipeline/run",
         "start_stage": "stt",
         "end_stage": p.end_stage.as_str(),
@@ -274,33 +276,34 @@ mod tests {
     #[test]
     fn messages_are_read_singly_or_coalesced_and_others_ignored() {
         let one = r#"{"id":1,"type":"result","success":true,"result":null}"#;
-        assert_eq!(read(one).unwrap(), vec![Incoming::Result(Ok(()))]);
+        assert_eq!(read(one, 1).unwrap(), vec![Incoming::Result(Ok(()))]);
         let refused = r#"{"id":1,"type":"result","success":false,"error":{"code":"pipeline-not-found","message":"Pipeline not found: id=x"}}"#;
-        assert_eq!(read(refused).unwrap(), vec![Incoming::Result(Err(("pipeline-not-found".into(), "Pipeline not found: id=x".into())))]);
+        assert_eq!(read(refused, 1).unwrap(), vec![Incoming::Result(Err(("pipeline-not-found".into(), "Pipeline not found: id=x".into())))]);
         let many = r#"[{"id":1,"type":"event","event":{"type":"run-start","data":{"runner_data":{"stt_binary_handler_id":3,"timeout":300}},"timestamp":"t"}},
             {"id":7,"type":"event","event":{"type":"run-end"}},{"id":1,"type":"pong"},
             {"id":1,"type":"event","event":{"type":"brand-new","data":{},"extra":1}}]"#;
-        let got = read(many).unwrap();
+        let got = read(many, 1).unwrap();
         assert_eq!(got.len(), 2);
         let Incoming::Event(Kind::RunStart, start) = &got[0] else { panic!("{got:?}") };
         assert_eq!(handler_of(start), Some(3));
         assert!(matches!(&got[1], Incoming::Event(Kind::Other, _)));
-        assert!(read("[1]").is_err() && read("nope").is_err());
+        assert!(read("[1]", 1).is_err() && read("nope", 1).is_err());
+        assert_eq!(read(one, 2).unwrap(), vec![]);
         assert_eq!(handler_of(&json!({"data":{"runner_data":{"stt_binary_handler_id":300}}})), None);
     }
 
     #[test]
     fn the_run_command_and_audio_are_what_home_assistant_expects() {
         let p = HaParams { token: Token("t".into()), token_file: "/t".into(), pipeline: String::new(), end_stage: EndStage::Intent };
-        let Message::Text(t) = run_command(&p, 16000, Some("hey_jarvis")) else { panic!() };
+        let Message::Text(t) = run_command(&p, 1, 16000, Some("hey_jarvis")) else { panic!() };
         let v: Value = serde_json::from_str(t.as_str()).unwrap();
         assert_eq!(
             v,
             json!({"id":1,"type":"assist_pipeline/run","start_stage":"stt","end_stage":"intent","input":{"sample_rate":16000,"wake_word_phrase":"hey jarvis"}})
         );
         let named = HaParams { pipeline: "Kitchen".into(), ..p.clone() };
-        let Message::Text(t) = run_command(&named, 16000, None) else { panic!() };
-        assert!(t.as_str().contains(r#""pipeline":"Kitchen""#) && !t.as_str().contains("wake_word_phrase"));
+        let Message::Text(t) = run_command(&named, 4, 16000, None) else { panic!() };
+        assert!(t.as_str().contains(r#""pipeline":"Kitchen""#) && t.as_str().contains(r#""id":4"#) && !t.as_str().contains("wake_word_phrase"));
         assert_eq!(audio(2, &[1, -1]), Message::Binary(Bytes::from(vec![2, 1, 0, 255, 255])));
         assert_eq!(end(2), Message::Binary(Bytes::from(vec![2])));
         assert_eq!(format!("{:?}", p.token), "Token(…)");

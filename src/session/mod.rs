@@ -21,6 +21,7 @@ pub mod queue;
 pub mod run;
 pub mod segment;
 pub mod supervisor;
+pub mod warm;
 
 use std::sync::Arc;
 

@@ -149,11 +149,13 @@ pub struct Codec {
     pub protocol: Protocol,
     /// Home Assistant: the run's handler byte, which prefixes every audio message.
     pub handler: u8,
+    /// Home Assistant: the run command's id; messages for other ids are not the session's.
+    pub run: u64,
 }
 
 impl Codec {
     pub fn new(protocol: Protocol) -> Self {
-        Codec { protocol, handler: 0 }
+        Codec { protocol, handler: 0, run: 1 }
     }
 
     /// The first message of voxgate/1 and vosk; Home Assistant's run command is `homeassistant::run_command`.
@@ -189,7 +191,7 @@ impl Codec {
     pub fn reply(&self, msg: &Message, last: bool) -> Result<Vec<Reply>, ReplyError> {
         if self.protocol == Protocol::Homeassistant {
             return match msg {
-                Message::Text(t) => homeassistant::read(t.as_str())
+                Message::Text(t) => homeassistant::read(t.as_str(), self.run)
                     .map_err(ReplyError::Json)?
                     .into_iter()
                     .filter_map(|m| match m {

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::Instrument;
 
-use super::connect::{ConnectError, Connected, Params, connect};
+use super::connect::{Connected, Params, connect};
 use super::homeassistant::{self as ha, Kind};
 use super::outlet::{Direct, Wire};
 use super::protocol::{ClientMessage, Reply, ReplyError};
@@ -80,27 +80,40 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     // A session called off while it connects ends at once; one whose audio has ended (silence) still connects
     // and delivers.
     let connected = tokio::select! {
-        r = connect(p) => r,
+        r = async {
+            // Home Assistant: the connection kept open ahead of this session, when one is ready.
+            match p.warm.as_ref() {
+                Some(warm) => match warm.take().await {
+                    Some(c) => {
+                        tracing::debug!("on the connection opened ahead");
+                        Ok(c)
+                    }
+                    None => connect(p).await,
+                },
+                None => connect(p).await,
+            }
+        } => r,
         () = queue.wait_called_off() => {
             let reason = queue.ended().unwrap_or(EndReason::Stopped);
             tracing::debug!("called off while connecting");
             return summary(reason, None, 0, queue.len() as u64);
         }
     };
-    let ws = match connected {
-        Ok(Connected { ws, ha_version }) => {
-            if let Some(version) = ha_version {
+    let (ws, run_id) = match connected {
+        Ok(Connected { ws, ha_version, next_id }) => {
+            if p.ha.is_some() {
                 ha::update(&reporter.homeassistant, |s| {
-                    s.connected = true;
-                    s.version = Some(version);
+                    s.running = true;
+                    s.version = ha_version.or(s.version.take());
+                    s.link_error = None;
                     s.error = None;
                 });
             }
-            ws
+            (ws, next_id)
         }
         Err(e) => {
-            if let ConnectError::TokenRefused { .. } = &e {
-                ha::update(&reporter.homeassistant, |s| s.error = Some(e.to_string()));
+            if p.ha.is_some() {
+                ha::update(&reporter.homeassistant, |s| s.link_error = Some(ha::clip(&e.to_string())));
             }
             queue.finish(EndReason::Error);
             return summary(EndReason::Error, Some(e.to_string()), 0, queue.len() as u64);
@@ -108,14 +121,15 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     };
     let (mut sink, mut stream) = ws.split();
     let mut codec = p.codec;
+    codec.run = run_id;
     if let Some(hp) = &p.ha {
         // The run: its answer and its `run-start` come before any audio, within the connect timeout.
         ha::update(&reporter.homeassistant, |s| s.pipeline = hp.pipeline.clone());
         let begun = async {
-            sink.send(ha::run_command(hp, p.sample_rate, req.wakeword.as_deref()))
+            sink.send(ha::run_command(hp, run_id, p.sample_rate, req.wakeword.as_deref()))
                 .await
                 .map_err(|e| (EndReason::Error, format!("cannot send the run to {url}: {e}")))?;
-            begin(&mut stream, p, reporter, &session).await
+            begin(&mut stream, codec, reporter, &session).await
         };
         let begun = tokio::select! {
             r = tokio::time::timeout(p.connect_timeout, begun) => r.unwrap_or_else(|_| {
@@ -126,7 +140,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         match begun {
             Ok(handler) => codec.handler = handler,
             Err((reason, detail)) => {
-                ha::update(&reporter.homeassistant, |s| s.connected = false);
+                ha::update(&reporter.homeassistant, |s| s.running = false);
                 // Called off (stop, shutdown) keeps its own reason.
                 let reason = if queue.finish(reason) { reason } else { queue.ended().unwrap_or(reason) };
                 let detail = Some(detail).filter(|d| !d.is_empty());
@@ -346,7 +360,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     }
     reader.abort();
     if p.ha.is_some() {
-        ha::update(&reporter.homeassistant, |s| s.connected = false);
+        ha::update(&reporter.homeassistant, |s| s.running = false);
     }
     if let Some(code) = server_detail.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
         detail.get_or_insert(code);
@@ -369,7 +383,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
 /// run refused or ended early gives the reason and the code.
 async fn begin(
     stream: &mut futures_util::stream::SplitStream<super::connect::Socket>,
-    p: &Params,
+    codec: super::protocol::Codec,
     reporter: &Reporter,
     session: &str,
 ) -> Result<u8, (EndReason, String)> {
@@ -380,7 +394,7 @@ async fn begin(
         if let Message::Close(frame) = &msg {
             return Err(failed(format!("Home Assistant closed the connection before the run started: {frame:?}")));
         }
-        let replies = match p.codec.reply(&msg, false) {
+        let replies = match codec.reply(&msg, false) {
             Ok(r) => r,
             Err(ReplyError::Refused(code, message)) => {
                 tracing::warn!("Home Assistant refused the run: {code}: {message}");

@@ -71,6 +71,7 @@ struct Active {
 
 impl Supervisor {
     pub fn new(params: Params, reporter: Reporter, requests: mpsc::Receiver<SessionRequest>, commands: mpsc::Receiver<Command>) -> Self {
+        let params = warmed(params, &reporter);
         Supervisor { params, reporter, requests, commands, delays: Self::fresh_delays(), totals: Totals::default(), published: watch::Sender::new(Totals::default()), muted: false, fault: crate::fault::armed(crate::fault::SUPERVISOR_PANIC) }
     }
 
@@ -156,7 +157,7 @@ impl Supervisor {
                             tracing::info!("unmuted: listening again");
                         }
                     }
-                    Some(Command::Reconfigure(params)) => self.params = *params,
+                    Some(Command::Reconfigure(params)) => self.params = warmed(*params, &self.reporter),
                     None => commands_open = false,
                 },
                 done = async { active.as_mut().map(|a| &mut a.task).expect("guarded").await }, if active.is_some() => {
@@ -221,6 +222,16 @@ impl Supervisor {
         self.published.send_replace(self.totals.clone());
         self.reporter.emit(Event::SessionEnd(s));
     }
+}
+
+/// Home Assistant: the parameters with a connection kept open ahead of the next session (the one these
+/// replace, if any, closes once no session uses it).
+fn warmed(mut params: Params, reporter: &Reporter) -> Params {
+    params.warm = None;
+    if params.ha.is_some() {
+        params.warm = Some(super::warm::Warm::spawn(params.clone(), reporter.homeassistant.clone()));
+    }
+    params
 }
 
 /// The daemon's state, from what the supervisor knows: a running session's phase first (a session being

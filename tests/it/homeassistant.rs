@@ -172,7 +172,8 @@ async fn one_pipeline_run_per_wake_word_with_the_preroll_bit_for_bit() {
 fn status_and_home_assistant_going_away_and_coming_back() {
     let mut hass = Hass::start();
     let dir = tempfile::tempdir().unwrap();
-    let d = TestDaemon::spawn(&hass.daemon_config(dir.path(), ""), true, &[]);
+    let config = hass.daemon_config(dir.path(), "").replace("format = \"text\"", "format = \"text\"\nlevel = \"info,voxgate::session::run=debug\"");
+    let d = TestDaemon::spawn(&config, true, &[]);
     let mut events = d.connect();
     assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
     let mut ctl = d.connect();
@@ -192,7 +193,7 @@ fn status_and_home_assistant_going_away_and_coming_back() {
     let status = d.status();
     let ha = &status["homeassistant"];
     assert_eq!(ha["version"].as_str(), Some(hass.version.as_str()), "{status}");
-    assert_eq!((ha["transcript"].as_str(), ha["connected"].as_bool()), (Some(heard.as_str()), Some(false)), "{status}");
+    assert_eq!((ha["transcript"].as_str(), ha["running"].as_bool()), (Some(heard.as_str()), Some(false)), "{status}");
     assert!(ha["answer"].as_str().is_some_and(|a| !a.is_empty()), "{status}");
     let out = crate::support::voxgate().arg("status").arg("--socket").arg(&d.socket).output().unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
@@ -219,6 +220,8 @@ fn status_and_home_assistant_going_away_and_coming_back() {
     hass.command("start");
     session(&mut ctl, &mut events);
     assert!(!hass.log().contains("non-existing handler"));
+    // Sessions start on the connection kept open for them when one is ready (the first three had one).
+    assert!(d.log().matches("on the connection opened ahead").count() >= 1, "{}", d.log());
 }
 
 /// A refused token and an unknown pipeline: each session fails with an error that says which, and the daemon
@@ -249,6 +252,10 @@ fn a_refused_token_and_an_unknown_pipeline_are_named() {
     let detail = end["detail"].as_str().unwrap();
     assert!(end["reason"] == "error" && detail.contains("refused the access token") && detail.contains(token.to_str().unwrap()), "{end}");
     events.event(|e| e["event"] == "state" && e["state"] == "backoff");
+    let status = d.status();
+    assert!(status["homeassistant"]["link_error"].as_str().is_some_and(|e| e.contains("refused the access token")), "{status}");
+    // Logged once, not once per attempt.
+    assert!(d.log().matches("cannot open a connection to Home Assistant").count() <= 1, "{}", d.log());
     assert!(!d.log().contains("not-a-token"), "the token was logged");
 }
 
