@@ -192,6 +192,8 @@ pub struct Connected {
     pub ha_version: Option<String>,
     /// Home Assistant: the id of the next command (ids only increase over a connection).
     pub next_id: u64,
+    /// Home Assistant: the id of the pipeline `homeassistant.pipeline` names (none: the preferred one).
+    pub pipeline: Option<String>,
 }
 
 /// Opens the WebSocket and, for Home Assistant, authenticates: all of it within `connect_timeout`.
@@ -199,11 +201,15 @@ pub async fn connect(p: &Params) -> Result<Connected, ConnectError> {
     let url = p.url.as_str().to_string();
     let opened = async {
         let mut ws = open(p).await?;
-        let ha_version = match &p.ha {
-            Some(ha) => Some(homeassistant::authenticate(&mut ws, ha, p.url.as_str()).await?),
-            None => None,
-        };
-        Ok(Connected { ws, ha_version, next_id: 1 })
+        let (mut ha_version, mut next_id, mut pipeline) = (None, 1, None);
+        if let Some(ha) = &p.ha {
+            ha_version = Some(homeassistant::authenticate(&mut ws, ha, p.url.as_str()).await?);
+            if !ha.pipeline.is_empty() {
+                pipeline = Some(homeassistant::resolve_pipeline(&mut ws, &ha.pipeline, next_id, p.url.as_str()).await?);
+                next_id += 1;
+            }
+        }
+        Ok(Connected { ws, ha_version, next_id, pipeline })
     };
     tokio::time::timeout(p.connect_timeout, opened)
         .await

@@ -182,9 +182,9 @@ pub fn error_message(event: &Value) -> Option<&str> {
     event.pointer("/data/message").and_then(Value::as_str)
 }
 
-/// The run command, with the connection's next id. `wake_word_phrase` lets Home Assistant tell one wake-up
-/// heard by several satellites.
-pub fn run_command(p: &HaParams, id: u64, sample_rate: u32, wakeword: Option<&str>) -> Message {
+/// The run command, with the connection's next id and the pipeline's id (none: the preferred pipeline).
+/// `wake_word_phrase` lets Home Assistant tell one wake-up heard by several satellites.
+pub fn run_command(p: &HaParams, id: u64, pipeline: Option<&str>, sample_rate: u32, wakeword: Option<&str>) -> Message {
     let mut input = json!({ "sample_rate": sample_rate });
     if let Some(w) = wakeword {
         input["wake_word_phrase"] = Value::from(w.replace('_', " "));
@@ -196,10 +196,10 @@ pub fn run_command(p: &HaParams, id: u64, sample_rate: u32, wakeword: Option<&st
         "end_stage": p.end_stage.as_str(),
         "input": input,
     });
-    if !p.pipeline.is_empty() {
-        cmd["pipeline"] = Value::from(p.pipeline.clone());
+    if let Some(pipeline) = pipeline.filter(|p| !p.is_empty()) {
+        cmd["pipeline"] = Value::from(pipeline);
     }
-    Message::text(cmd.to_string())
+        Message::text(cmd.to_string())
 }
 
 /// An audio message: the handler byte, then the samples.
@@ -236,6 +236,32 @@ pub async fn authenticate(ws: &mut Socket, p: &HaParams, url: &str) -> Result<St
         }),
         _ => Err(unexpected(format!("expected auth_ok, got {}", super::protocol::shown(answer)))),
     }
+}
+
+/// The id of the pipeline `wanted` names: by id, else by name (case aside), from Home Assistant's list of
+/// pipelines (command `id`). A name nothing matches is kept as it is: Home Assistant's refusal of the run
+/// (`pipeline-not-found`) then says so, and the pipelines it has are logged here.
+pub async fn resolve_pipeline(ws: &mut Socket, wanted: &str, id: u64, url: &str) -> Result<String, ConnectError> {
+    let fail = |message: String| ConnectError::HomeAssistant { url: url.to_string(), message };
+    let ask = json!({"id": id, "type": "assist_pipeline/pipeline/list"});
+    ws.send(Message::text(ask.to_string())).await.map_err(|e| fail(format!("cannot ask for the pipelines: {e}")))?;
+    let answer = loop {
+        let v = next_object(ws, url).await?;
+        if v.get("id").and_then(Value::as_u64) == Some(id) {
+            break v;
+        }
+    };
+    let pipelines = answer.pointer("/result/pipelines").and_then(Value::as_array).cloned().unwrap_or_default();
+    let field = |p: &Value, k: &str| p.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    if let Some(p) = pipelines.iter().find(|p| field(p, "id") == wanted) {
+        return Ok(field(p, "id"));
+    }
+    if let Some(p) = pipelines.iter().find(|p| field(p, "name").to_lowercase() == wanted.to_lowercase()) {
+        return Ok(field(p, "id"));
+    }
+    let known: Vec<String> = pipelines.iter().take(20).map(|p| format!("{:?} ({})", field(p, "name"), field(p, "id"))).collect();
+    tracing::warn!("homeassistant.pipeline: Home Assistant has no pipeline {wanted:?}; it has {}", known.join(", "));
+    Ok(wanted.to_string())
 }
 
 /// The next text message as a JSON object (pings are answered by the library on the way).
@@ -295,15 +321,14 @@ mod tests {
     #[test]
     fn the_run_command_and_audio_are_what_home_assistant_expects() {
         let p = HaParams { token: Token("t".into()), token_file: "/t".into(), pipeline: String::new(), end_stage: EndStage::Intent };
-        let Message::Text(t) = run_command(&p, 1, 16000, Some("hey_jarvis")) else { panic!() };
+        let Message::Text(t) = run_command(&p, 1, None, 16000, Some("hey_jarvis")) else { panic!() };
         let v: Value = serde_json::from_str(t.as_str()).unwrap();
         assert_eq!(
             v,
             json!({"id":1,"type":"assist_pipeline/run","start_stage":"stt","end_stage":"intent","input":{"sample_rate":16000,"wake_word_phrase":"hey jarvis"}})
         );
-        let named = HaParams { pipeline: "Kitchen".into(), ..p.clone() };
-        let Message::Text(t) = run_command(&named, 4, 16000, None) else { panic!() };
-        assert!(t.as_str().contains(r#""pipeline":"Kitchen""#) && t.as_str().contains(r#""id":4"#) && !t.as_str().contains("wake_word_phrase"));
+        let Message::Text(t) = run_command(&p, 4, Some("01abc"), 16000, None) else { panic!() };
+        assert!(t.as_str().contains(r#""pipeline":"01abc""#) && t.as_str().contains(r#""id":4"#) && !t.as_str().contains("wake_word_phrase"));
         assert_eq!(audio(2, &[1, -1]), Message::Binary(Bytes::from(vec![2, 1, 0, 255, 255])));
         assert_eq!(end(2), Message::Binary(Bytes::from(vec![2])));
         assert_eq!(format!("{:?}", p.token), "Token(…)");

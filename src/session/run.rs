@@ -99,8 +99,8 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
             return summary(reason, None, 0, queue.len() as u64);
         }
     };
-    let (ws, run_id) = match connected {
-        Ok(Connected { ws, ha_version, next_id }) => {
+    let (ws, run_id, pipeline) = match connected {
+        Ok(Connected { ws, ha_version, next_id, pipeline }) => {
             if p.ha.is_some() {
                 ha::update(&reporter.homeassistant, |s| {
                     s.running = true;
@@ -109,7 +109,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
                     s.error = None;
                 });
             }
-            (ws, next_id)
+            (ws, next_id, pipeline)
         }
         Err(e) => {
             if p.ha.is_some() {
@@ -126,7 +126,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         // The run: its answer and its `run-start` come before any audio, within the connect timeout.
         ha::update(&reporter.homeassistant, |s| s.pipeline = hp.pipeline.clone());
         let begun = async {
-            sink.send(ha::run_command(hp, run_id, p.sample_rate, req.wakeword.as_deref()))
+            sink.send(ha::run_command(hp, run_id, pipeline.as_deref(), p.sample_rate, req.wakeword.as_deref()))
                 .await
                 .map_err(|e| (EndReason::Error, format!("cannot send the run to {url}: {e}")))?;
             begin(&mut stream, codec, reporter, &session).await

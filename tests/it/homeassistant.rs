@@ -26,6 +26,8 @@ struct Hass {
     records: PathBuf,
     log: PathBuf,
     version: String,
+    /// The id of the pipeline the harness made preferred ("voxgate test").
+    pipeline: String,
     _dir: tempfile::TempDir,
 }
 
@@ -47,6 +49,7 @@ impl Hass {
             records: text("records").into(),
             log: text("log").into(),
             version: text("version"),
+            pipeline: text("pipeline"),
             _child: child,
             commands,
             answers,
@@ -224,13 +227,30 @@ fn status_and_home_assistant_going_away_and_coming_back() {
     assert!(d.log().matches("on the connection opened ahead").count() >= 1, "{}", d.log());
 }
 
-/// A refused token and an unknown pipeline: each session fails with an error that says which, and the daemon
-/// backs off instead of retrying at once.
+/// A pipeline named by its name; a refused token and an unknown pipeline: each session fails with an error
+/// that says which, and the daemon backs off instead of retrying at once.
 #[test]
 #[ignore = "needs a real Home Assistant core from PyPI: `make interop` installs it and runs this"]
-fn a_refused_token_and_an_unknown_pipeline_are_named() {
+fn pipelines_by_name_and_a_refused_token_and_an_unknown_pipeline() {
     let hass = Hass::start();
     let dir = tempfile::tempdir().unwrap();
+    let config = hass.daemon_config(dir.path(), "\n[homeassistant]\npipeline = \"VOXGATE Test\"\nend_stage = \"stt\"\n");
+    let d = TestDaemon::spawn(&config, true, &[]);
+    let mut events = d.connect();
+    assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
+    assert_eq!(d.connect().call(json!({"cmd": "trigger"}))["ok"], true);
+    let start = events.event(|e| e["event"] == "server_message" && e["message"]["type"] == "run-start");
+    assert_eq!(start["message"]["data"]["pipeline"].as_str(), Some(hass.pipeline.as_str()), "{start}");
+    assert_eq!(d.connect().call(json!({"cmd": "stop"}))["ok"], true);
+    // end_stage = "stt": the run ends at the transcript.
+    let mut kinds = Vec::new();
+    while kinds.last().map(String::as_str) != Some("run-end") {
+        let e = events.event(|e| e["event"] == "server_message");
+        kinds.push(e["message"]["type"].as_str().unwrap().to_string());
+    }
+    assert!(kinds.contains(&"stt-end".to_string()) && !kinds.iter().any(|k| k.starts_with("intent")), "{kinds:?}");
+    drop(d);
+
     let config = hass.daemon_config(dir.path(), "\n[homeassistant]\npipeline = \"no-such-pipeline\"\n");
     let d = TestDaemon::spawn(&config, true, &[]);
     let mut events = d.connect();

@@ -1,7 +1,8 @@
 """A test probe for voxgate's Home Assistant tests.
 
 It records, for every Assist pipeline run, the exact bytes the pipeline reads from the client's audio stream
-(before Home Assistant's own audio processing changes them) into RECORD_DIR/run-N.pcm, and provides a
+(before Home Assistant's own audio processing changes them) into RECORD_DIR/run-N.pcm, with the time each
+chunk was read (seconds since the epoch, one line per chunk) in RECORD_DIR/run-N.times, and provides a
 speech-to-text engine (stt.py) whose transcript names that run: "probe run N", and a text-to-speech engine
 (tts.py) that answers with the MP3 Home Assistant's demo ships. Both are loaded by discovery, so `stt:` and
 `tts:` need no configuration.
@@ -11,6 +12,7 @@ speech-to-text engine (stt.py) whose transcript names that run: "probe run N", a
 """
 import itertools
 import os
+import time
 
 from homeassistant.components.assist_pipeline import pipeline as assist_pipeline
 from homeassistant.helpers import discovery
@@ -42,9 +44,11 @@ async def _recorded(stream, record_dir, run):
     # The transcript reads the run's number back from here.
     with open(os.path.join(record_dir, "current"), "w") as f:
         f.write(str(run))
-    path = os.path.join(record_dir, f"run-{run}.pcm")
-    with open(path, "wb") as out:
+    path = os.path.join(record_dir, f"run-{run}")
+    with open(path + ".pcm", "wb") as out, open(path + ".times", "w") as times:
         async for chunk in stream:
+            times.write(f"{time.time():.6f}\n")
             out.write(chunk)
             out.flush()
+            times.flush()
             yield chunk
