@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need first.
 CARGO ?= cargo
 
-.PHONY: all deps build release test demo bench interop package system-test audio clean
+.PHONY: all deps build release test demo bench interop interop-bench package system-test audio clean
 
 all: build
 
@@ -36,6 +36,11 @@ interop:
 	@scripts/homeassistant-venv.sh $(HA_VENV)
 	VOXGATE_INTEROP_PYTHON=$(abspath $(INTEROP_VENV))/bin/python VOXGATE_HA_PYTHON=$(abspath $(HA_VENV))/bin/python \
 		$(CARGO) nextest run --locked --test it --run-ignored only -E 'test(/^(interop|homeassistant)::/)'
+
+# Wake word → first audio at a real Home Assistant, and each frame's latency to it (docs/BENCHMARKS.md).
+interop-bench: release
+	@scripts/homeassistant-venv.sh $(HA_VENV)
+	$(HA_VENV)/bin/python tests/interop/homeassistant/bench.py target/release/voxgate 9
 
 # Figures for docs/BENCHMARKS.md.
 bench: release
