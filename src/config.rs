@@ -439,7 +439,13 @@ pub fn from_sources(file: Option<(&Path, &str)>, env: &BTreeMap<String, String>)
         .map_err(|e| {
             let message = e.to_string();
             let key = key_in_message(&message).unwrap_or_default();
-            ConfigError::Invalid(vec![Problem { origin: origins.of(&key), key, message: strip_key_suffix(&message) }])
+            let message = match (message.split_once("does not have variant constructor "), choices(&key)) {
+                (Some((_, value)), Some(allowed)) => {
+                    format!("{:?} is not one of {allowed}", strip_key_suffix(value))
+                }
+                _ => strip_key_suffix(&message),
+            };
+            ConfigError::Invalid(vec![Problem { origin: origins.of(&key), key, message }])
         })?;
     let problems: Vec<Problem> = validate(&config)
         .into_iter()
@@ -479,6 +485,20 @@ fn key_in_message(message: &str) -> Option<String> {
     let start = message.find("for key `")? + "for key `".len();
     let len = message[start..].find('`')?;
     Some(message[start..start + len].to_string())
+}
+
+/// The values a key of a fixed set takes, for the error that names a wrong one.
+fn choices(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "audio.file_pacing" => "\"realtime\", \"fast\"",
+        "audio.capture_format" => "\"auto\", \"i16\", \"i32\", \"f32\"",
+        "wake.mode" => "\"wakeword\", \"always\", \"manual\"",
+        "wake.score_mode" => "\"max\", \"average\", \"median\", \"p25\", \"p50\", \"p75\", \"p80\", \"p90\", \"p95\"",
+        "session.protocol" => "\"voxgate\", \"vosk\", \"homeassistant\"",
+        "homeassistant.end_stage" => "\"stt\", \"intent\", \"tts\"",
+        "log.format" => "\"auto\", \"journald\", \"text\", \"json\"",
+        _ => return None,
+    })
 }
 
 fn strip_key_suffix(message: &str) -> String {
@@ -684,6 +704,24 @@ mod tests {
         assert_eq!(c.session.no_speech_ms, 1500);
         assert!(c.audio.file_follow);
         assert_eq!(c.wake, WakeConfig::default());
+    }
+
+    #[test]
+    fn a_wrong_choice_names_the_key_and_every_allowed_value() {
+        let keys = ["audio.file_pacing", "audio.capture_format", "wake.mode", "wake.score_mode", "session.protocol", "homeassistant.end_stage", "log.format"];
+        for key in keys {
+            let (section, name) = key.split_once('.').unwrap();
+            let allowed = choices(key).unwrap();
+            // Every value listed is one; the list is complete when all but those are refused.
+            for value in allowed.split(", ") {
+                // Home Assistant needs a token file.
+                let token = if section == "session" { "token_file = \"/dev/null\"\n" } else { "" };
+                let text = format!("[{section}]\n{name} = {value}\n{token}");
+                assert!(load_str(&text, &[]).is_ok(), "{key} = {value}");
+            }
+            let err = load_str(&format!("[{section}]\n{name} = \"nope\"\n"), &[]).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(&format!("\"nope\" is not one of {allowed}")), "{err}");
+        }
     }
 
     #[test]
