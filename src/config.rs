@@ -406,6 +406,7 @@ pub fn from_sources(file: Option<(&Path, &str)>, env: &BTreeMap<String, String>)
             .parse::<toml::Table>()
             .map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string().trim_end().to_string() })?;
         check_file_keys(&file_table, &known, file_origin.as_deref().unwrap_or_default(), &mut problems);
+        check_file_types(&file_table, file_origin.as_deref().unwrap_or_default(), &mut problems);
         builder = builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
     }
     let mut env_vars = BTreeMap::new();
@@ -416,6 +417,10 @@ pub fn from_sources(file: Option<(&Path, &str)>, env: &BTreeMap<String, String>)
         let dotted = format!("{}.{}", section.to_lowercase(), key.to_lowercase());
         if known.get(&section.to_lowercase()).is_none_or(|keys| !keys.contains(&key.to_lowercase())) {
             problems.push(Problem { origin: format!("environment variable {var}"), key: dotted, message: "unknown key".into() });
+            continue;
+        }
+        if let Some(message) = env_type_problem(&dotted, value) {
+            problems.push(Problem { origin: format!("environment variable {var}"), key: dotted, message });
             continue;
         }
         env_vars.insert(var.clone(), value.clone());
@@ -539,6 +544,61 @@ fn check_file_keys(table: &toml::Table, known: &BTreeMap<String, Vec<String>>, o
             });
         }
     }
+}
+
+/// The TOML type of `v`, as an error names it.
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "a whole number",
+        toml::Value::Float(_) => "a number",
+        toml::Value::Boolean(_) => "true or false",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "a list",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// Each key of the file has the type of its default: `frame_ms = "20"`, `connect_timeout_ms = 150.7` or
+/// `min_scores = true` are refused, not coerced. A whole number is a number too (`threshold = 1`).
+fn check_file_types(table: &toml::Table, origin: &str, problems: &mut Vec<Problem>) {
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    for (section, values) in table {
+        let (Some(values), Some(want)) = (values.as_table(), defaults.get(section).and_then(|d| d.as_table())) else { continue };
+        for (key, value) in values {
+            let Some(default) = want.get(key) else { continue };
+            let fits = match (default, value) {
+                (toml::Value::Float(_), toml::Value::Integer(_)) => true,
+                (toml::Value::Array(_), toml::Value::Array(items)) => items.iter().all(|i| i.is_str()),
+                (d, v) => std::mem::discriminant(d) == std::mem::discriminant(v),
+            };
+            if !fits {
+                let want = match default {
+                    toml::Value::Array(_) => "a list of strings",
+                    d => type_name(d),
+                };
+                problems.push(Problem {
+                    origin: origin.into(),
+                    key: format!("{section}.{key}"),
+                    message: format!("{value} is {}, not {want}", type_name(value)),
+                });
+            }
+        }
+    }
+}
+
+/// An environment value is text: it must read as the key's type (a whole number, a number, true or false).
+fn env_type_problem(key: &str, value: &str) -> Option<String> {
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let (section, name) = key.split_once('.')?;
+    let default = defaults.get(section)?.as_table()?.get(name)?;
+    let fits = match default {
+        toml::Value::Integer(_) => value.trim().parse::<i64>().is_ok(),
+        toml::Value::Float(_) => value.trim().parse::<f64>().is_ok_and(f64::is_finite),
+        toml::Value::Boolean(_) => matches!(value.trim(), "true" | "false"),
+        _ => true,
+    };
+    (!fits).then(|| format!("{value:?} is not {}", type_name(default)))
 }
 
 /// Checks ranges, formats and files. Returns (key, what is wrong) pairs.
@@ -704,6 +764,28 @@ mod tests {
         assert_eq!(c.session.no_speech_ms, 1500);
         assert!(c.audio.file_follow);
         assert_eq!(c.wake, WakeConfig::default());
+    }
+
+    #[test]
+    fn wrong_types_are_refused_not_coerced() {
+        for (text, key, says) in [
+            ("[audio]\nframe_ms = \"20\"", "audio.frame_ms", "\"20\" is a string, not a whole number"),
+            ("[session]\nconnect_timeout_ms = 150.7", "session.connect_timeout_ms", "150.7 is a number, not a whole number"),
+            ("[wake]\nmin_scores = true", "wake.min_scores", "true is true or false, not a whole number"),
+            ("[wake]\nthreshold = \"0.5\"", "wake.threshold", "not a number"),
+            ("[audio]\nfile_follow = \"yes\"", "audio.file_follow", "not true or false"),
+            ("[wake]\nmodels = [1]", "wake.models", "not a list of strings"),
+        ] {
+            let err = load_str(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(&format!("{key}: ")) && err.contains(says), "{text}: {err}");
+        }
+        // A whole number is a number; environment values are read as the key's type.
+        assert_eq!(load_str("[wake]\nthreshold = 0", &[]).unwrap_err().to_string().contains("is a whole number"), false);
+        assert!(load_str("", &[("VOXGATE_AUDIO__FRAME_MS", "20")]).is_ok());
+        for (var, value) in [("VOXGATE_SESSION__CONNECT_TIMEOUT_MS", "150.7"), ("VOXGATE_WAKE__MIN_SCORES", "true"), ("VOXGATE_WAKE__EAGER", "1")] {
+            let err = load_str("", &[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(&format!("environment variable {var}")) && err.contains("is not"), "{err}");
+        }
     }
 
     #[test]

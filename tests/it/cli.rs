@@ -45,6 +45,12 @@ fn bad_config_exits_78_naming_file_and_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78));
     assert!(err.contains("audio.sample_rate") && err.contains("out of range") && err.contains("bad.toml"), "{err}");
+    // A value of the wrong type is refused, not coerced.
+    std::fs::write(&path, "[audio]\nframe_ms = \"20\"\n[session]\nconnect_timeout_ms = 150.7\n").unwrap();
+    let out = voxgate().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(err.contains("audio.frame_ms: \"20\" is a string") && err.contains("session.connect_timeout_ms: 150.7 is a number"), "{err}");
 }
 
 /// What `run` would refuse, `check-config` refuses too, before any device or network is touched: exit 78 with
