@@ -22,6 +22,7 @@ pub struct Config {
     pub wake: WakeConfig,
     pub session: SessionConfig,
     pub homeassistant: HomeAssistantConfig,
+    pub playback: PlaybackConfig,
     pub control: ControlConfig,
     pub log: LogConfig,
 }
@@ -254,6 +255,35 @@ pub struct HomeAssistantConfig {
 impl Default for HomeAssistantConfig {
     fn default() -> Self {
         HomeAssistantConfig { pipeline: String::new(), end_stage: EndStage::Tts }
+    }
+}
+
+/// `[playback]`: the chimes and the spoken answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaybackConfig {
+    /// "default", an output device id from `voxgate devices`, or "none" (nothing is played).
+    pub device: String,
+    /// 0 (silent) to 1 (as recorded).
+    pub volume: f64,
+    /// Play at this rate; 0: each sound's own rate when the device takes it.
+    pub rate: u32,
+    /// A sound file (WAV, FLAC, MP3); "": the built-in chime; "none": no sound.
+    pub wake_sound: String,
+    pub end_sound: String,
+    pub error_sound: String,
+}
+
+impl Default for PlaybackConfig {
+    fn default() -> Self {
+        PlaybackConfig {
+            device: "default".into(),
+            volume: 1.0,
+            rate: 0,
+            wake_sound: String::new(),
+            end_sound: String::new(),
+            error_sound: String::new(),
+        }
     }
 }
 
@@ -663,6 +693,15 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
     }
     if s.protocol == Protocol::Homeassistant && s.token_file.as_os_str().is_empty() {
         p.push(("session.token_file", "Home Assistant needs a long-lived access token: name the file that holds it".into()));
+    }
+    if !(0.0..=1.0).contains(&c.playback.volume) {
+        p.push(("playback.volume", format!("{} is out of range (0 to 1)", c.playback.volume)));
+    }
+    if c.playback.rate != 0 {
+        range("playback.rate", c.playback.rate as u64, 8000, 192_000);
+    }
+    if c.playback.device.is_empty() {
+        p.push(("playback.device", "empty: use \"default\", a device id from `voxgate devices`, or \"none\"".into()));
     }
     if c.homeassistant.pipeline.len() > 256 {
         p.push(("homeassistant.pipeline", "longer than a pipeline id or name may be (256 bytes)".into()));

@@ -106,7 +106,7 @@ fn print_event(out: &mut dyn Write, e: &Event) -> std::io::Result<()> {
             out,
             "{:>7.2} s  wake word {wakeword} (score {score:.2}){}",
             *t_ms as f64 / 1000.0,
-            if *acted_on { "" } else { ", during a session: not acted on" }
+            if *acted_on { "" } else { ", caused by what was playing: not acted on" }
         ),
         Event::SessionStart { session, trigger, preroll_ms, .. } => {
             let trigger = serde_json::to_value(trigger).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
@@ -128,7 +128,8 @@ fn print_event(out: &mut dyn Write, e: &Event) -> std::io::Result<()> {
             s.frames_sent,
             s.frames_dropped
         ),
-        Event::State { .. } | Event::Lagged { .. } => Ok(()),
+        Event::PlaybackStart { what, duration_ms, .. } => writeln!(out, "           playing {what} ({duration_ms} ms)"),
+        Event::PlaybackEnd { .. } | Event::State { .. } | Event::Lagged { .. } => Ok(()),
         Event::Error { message } => writeln!(out, "           error: {message}"),
     }
 }

@@ -8,7 +8,7 @@
 //! dropped and counted as an overrun. A file played `fast` waits instead, so nothing is lost.
 
 pub mod clock;
-mod convert;
+pub mod convert;
 pub mod device;
 mod file;
 pub mod pace;

@@ -86,6 +86,14 @@ pub enum Command {
     Reload(ClientArgs),
     /// Print the daemon's events as they happen (wake words, sessions, server replies) until interrupted.
     Events(ClientArgs),
+    /// Play a sound file (WAV, FLAC, MP3) or an http(s) URL through the daemon's playback device.
+    Say {
+        /// A file the daemon can read (an absolute path), or an http:// or https:// URL.
+        #[arg(value_name = "FILE|URL")]
+        what: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Write the man page and shell completions into a directory (for packaging).
     #[command(hide = true)]
     Assets {

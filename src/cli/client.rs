@@ -20,7 +20,7 @@ pub fn call(args: &ClientArgs, request: Request) -> Result<(), CliError> {
         e => CliError::Failure(e.into()),
     };
     let mut client = Client::connect(&socket).map_err(failed)?;
-    let reply = client.call(request).map_err(failed)?;
+    let reply = client.call(request.clone()).map_err(failed)?;
     // For scripts, the reply as the daemon sent it; `events` prints only the events that follow a success.
     if args.json && (!reply.ok || request != Request::Subscribe) {
         println!("{}", serde_json::to_string(&reply).unwrap_or_default());
@@ -28,7 +28,7 @@ pub fn call(args: &ClientArgs, request: Request) -> Result<(), CliError> {
     let reply = reply.into_result().map_err(|e| CliError::Failure(anyhow::anyhow!("the daemon at {} says: {e}", socket.display())))?;
     if request != Request::Subscribe {
         if !args.json {
-            print!("{}", describe(request, &reply));
+            print!("{}", describe(&request, &reply));
         }
         return Ok(());
     }

@@ -65,6 +65,11 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Unmute(a) => client::call(&a, Request::Unmute),
         Command::Reload(a) => client::call(&a, Request::Reload),
         Command::Events(a) => client::call(&a, Request::Subscribe),
+        Command::Say { what, client: a } => {
+            // The daemon reads the file: a relative path is made absolute here, where it means something.
+            let what = if what.contains("://") { what } else { std::path::absolute(&what).map(|p| p.display().to_string()).unwrap_or(what) };
+            client::call(&a, Request::Say { what })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

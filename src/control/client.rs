@@ -70,7 +70,7 @@ impl Client {
 }
 
 /// A reply, readable by people.
-pub fn describe(request: Request, reply: &Reply) -> String {
+pub fn describe(request: &Request, reply: &Reply) -> String {
     match request {
         Request::Status => match &reply.status {
             Some(s) => describe_status(s),
@@ -85,6 +85,7 @@ pub fn describe(request: Request, reply: &Reply) -> String {
             Some(keys) => format!("reloaded: {} changed\n", keys.join(", ")),
         },
         Request::Subscribe => String::new(),
+        Request::Say { what } => format!("playing {what} ({} ms)\n", reply.duration_ms.unwrap_or(0)),
     }
 }
 

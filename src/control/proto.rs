@@ -10,14 +10,14 @@ use crate::session::homeassistant::HaStatus;
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// A request, tagged by `cmd`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     /// `{"cmd":"status"}` → state, version, uptime and counters (see [`Status`]).
     Status,
     /// `{"cmd":"trigger"}` → opens a session now, as a wake word would: `{"ok":true,"session":"…"}`.
     Trigger,
-    /// `{"cmd":"stop"}` → ends the current session with reason `stopped`.
+    /// `{"cmd":"stop"}` → ends the current session with reason `stopped`, and stops what is playing.
     Stop,
     /// `{"cmd":"mute"}` → ends any session and ignores the microphone until `unmute`.
     Mute,
@@ -28,10 +28,13 @@ pub enum Request {
     /// `{"cmd":"subscribe"}` → `{"ok":true}`, then one event per line (`{"event":"wake",…}`) until either side
     /// closes.
     Subscribe,
+    /// `{"cmd":"say","what":"/usr/share/sounds/x.wav"}` (a file the daemon can read, or an http(s) URL) → plays
+    /// it: `{"ok":true,"duration_ms":1200}` once it starts.
+    Say { what: String },
 }
 
 impl Request {
-    pub const NAMES: &'static str = "status, trigger, stop, mute, unmute, reload, subscribe";
+    pub const NAMES: &'static str = "status, trigger, stop, mute, unmute, reload, subscribe, say";
 
     /// Parses one request line, with an error that says what is wrong with it.
     pub fn parse(line: &str) -> Result<Request, String> {
@@ -55,6 +58,9 @@ pub struct Reply {
     /// `trigger`: the session it opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// `say`: how long the sound is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
     /// `reload`: the configuration keys whose values changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed: Option<Vec<String>>,

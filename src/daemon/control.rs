@@ -69,6 +69,8 @@ pub(super) struct Controller {
     pub detections: Arc<AtomicU64>,
     /// What the sessions report of Home Assistant.
     pub homeassistant: SharedStatus,
+    /// What plays the chimes and answers.
+    pub speaker: crate::playback::speaker::Speaker,
     pub started: Instant,
     pub reload_error: Option<String>,
 }
@@ -77,7 +79,22 @@ impl Controller {
     pub async fn handle(&mut self, (request, reply): Call, health: &Health) {
         let answer = match request {
             Request::Status => Reply { status: Some(self.status()), ..Reply::ok() },
-            Request::Stop => self.command(Command::Stop).await,
+            Request::Stop => {
+                self.speaker.stop().await;
+                self.command(Command::Stop).await
+            }
+            Request::Say { what } => {
+                // Loading may take a while (a URL): answer from elsewhere, as for a trigger.
+                let speaker = self.speaker.clone();
+                tokio::spawn(async move {
+                    let answer = match speaker.say(what).await {
+                        Ok(ms) => Reply { duration_ms: Some(ms), ..Reply::ok() },
+                        Err(e) => Reply::error(e),
+                    };
+                    let _ = reply.send(answer);
+                });
+                return;
+            }
             Request::Mute => {
                 // The detector thread first, so no new session opens while the supervisor ends the current one.
                 match self.listener.mute(true).await {

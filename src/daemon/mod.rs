@@ -141,16 +141,19 @@ impl Daemon {
         let prepared = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || -> Result<_, DaemonError> {
-                let (params, detector) = prepare(&config)?;
+                let prepared = prepare(&config)?;
                 let source = audio::start(&config.audio, SystemClock::shared())?;
-                Ok((params, detector, source))
+                Ok((prepared, source))
             })
             .await
             .map_err(|e| DaemonError::Panicked { what: "start-up", message: e.to_string() })??
         };
-        let (params, detector, source) = prepared;
+        let (Prepared { params, detector, sounds, fetcher }, source) = prepared;
         tracing::info!(source = %source.name, "voxgate {} started, listening to {}", env!("CARGO_PKG_VERSION"), source.name);
-        let reporter = Reporter::new(events.clone());
+        let mut reporter = Reporter::new(events.clone());
+        let (answers_tx, answers) = mpsc::channel(crate::playback::speaker::ANSWERS_QUEUE);
+        reporter.answers = Some(answers_tx);
+        let speaker = crate::playback::speaker::spawn(output_config(&config), sounds, Some(fetcher), reporter.clone(), answers);
         let (requests_tx, requests) = mpsc::channel(REQUESTS_QUEUE);
         let (first_frame_tx, mut first_frame) = oneshot::channel();
         let detections = Arc::new(AtomicU64::new(0));
@@ -191,6 +194,7 @@ impl Daemon {
             totals,
             detections,
             homeassistant: reporter.homeassistant.clone(),
+            speaker,
             started: Instant::now(),
             reload_error: None,
         };
@@ -269,15 +273,31 @@ fn join_message(e: tokio::task::JoinError) -> String {
 pub struct Unusable(String);
 
 /// What `run` needs from the configuration before it starts anything, each file read and checked: the session
-/// parameters and the wake-word detector; a `file:` source is opened as a WAV file. Blocking work. Also what
-/// `check-config` runs, so that both refuse the same configurations.
-pub fn prepare(config: &Config) -> Result<(Params, Option<Detector>), Unusable> {
+/// parameters, the wake-word detector, the playback sounds and its HTTP client; a `file:` source is opened as a
+/// WAV file. Blocking work. Also what `check-config` runs, so that both refuse the same configurations.
+pub fn prepare(config: &Config) -> Result<Prepared, Unusable> {
     let params = Params::new(config).map_err(|e| Unusable(e.to_string()))?;
     let detector = build_detector(config).map_err(|e| Unusable(format!("wake.models: {e}")))?;
     if let SourceSpec::File(path) = &config.audio.source {
         audio::probe_wav(path).map_err(|e| Unusable(format!("audio.source: {e}")))?;
     }
-    Ok((params, detector))
+    let sounds = crate::playback::Sounds::load(&config.playback).map_err(Unusable)?;
+    let fetcher = crate::playback::fetch::Fetcher::new(&config.session.ca_file).map_err(|e| Unusable(e.to_string()))?;
+    Ok(Prepared { params, detector, sounds, fetcher: Arc::new(fetcher) })
+}
+
+/// What [`prepare`] made.
+pub struct Prepared {
+    pub params: Params,
+    pub detector: Option<Detector>,
+    pub sounds: crate::playback::Sounds,
+    pub fetcher: Arc<crate::playback::fetch::Fetcher>,
+}
+
+/// Where and how to play, from `[playback]`; none for `device = "none"`.
+pub fn output_config(config: &Config) -> Option<crate::playback::output::OutputConfig> {
+    let p = &config.playback;
+    (p.device != "none").then(|| crate::playback::output::OutputConfig { device: p.device.clone(), volume: p.volume as f32, rate: p.rate })
 }
 
 /// The wake-word detector `config` asks for; none in `always` and `manual` modes.

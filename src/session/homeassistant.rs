@@ -36,6 +36,13 @@ pub struct HaParams {
 #[derive(Clone)]
 pub struct Token(pub(super) String);
 
+impl Token {
+    /// The token itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Token(…)")
@@ -78,6 +85,8 @@ pub enum Kind {
     SttVadEnd,
     SttEnd,
     IntentEnd,
+    /// The answer is spoken: `tts_output.url`.
+    TtsEnd,
     Error,
     RunEnd,
     /// Any other (or a future) event type: published, nothing else.
@@ -92,6 +101,7 @@ impl Kind {
             "stt-vad-end" => Kind::SttVadEnd,
             "stt-end" => Kind::SttEnd,
             "intent-end" => Kind::IntentEnd,
+            "tts-end" => Kind::TtsEnd,
             "error" => Kind::Error,
             "run-end" => Kind::RunEnd,
             _ => Kind::Other,
@@ -172,6 +182,26 @@ pub fn transcript(event: &Value) -> Option<&str> {
 
 pub fn answer(event: &Value) -> Option<&str> {
     event.pointer("/data/intent_output/response/speech/plain/speech").and_then(Value::as_str)
+}
+
+pub fn speech_url(event: &Value) -> Option<&str> {
+    event.pointer("/data/tts_output/url").and_then(Value::as_str)
+}
+
+/// An answer's URL made absolute: Home Assistant gives a path (`/api/tts_proxy/….mp3`) on the server the
+/// WebSocket API is on, over HTTP for `ws://` and HTTPS for `wss://`; an absolute http(s) URL stays as it is.
+pub fn absolute_url(ws: &url::Url, given: &str) -> Option<url::Url> {
+    if let Ok(u) = url::Url::parse(given) {
+        return matches!(u.scheme(), "http" | "https").then_some(u);
+    }
+    let mut base = ws.clone();
+    base.set_scheme(if ws.scheme() == "wss" { "https" } else { "http" }).ok()?;
+    base.join(given).ok()
+}
+
+/// Whether `url` is on the same server as the WebSocket API (the token may go there).
+pub fn same_origin(ws: &url::Url, url: &url::Url) -> bool {
+    ws.host_str() == url.host_str() && ws.port_or_known_default() == url.port_or_known_default()
 }
 
 pub fn error_code(event: &Value) -> Option<&str> {
@@ -332,5 +362,18 @@ mod tests {
         assert_eq!(audio(2, &[1, -1]), Message::Binary(Bytes::from(vec![2, 1, 0, 255, 255])));
         assert_eq!(end(2), Message::Binary(Bytes::from(vec![2])));
         assert_eq!(format!("{:?}", p.token), "Token(…)");
+    }
+
+    #[test]
+    fn answer_urls_are_made_absolute_on_the_api_server() {
+        let ws = url::Url::parse("ws://ha.local:8123/api/websocket").unwrap();
+        let u = absolute_url(&ws, "/api/tts_proxy/abc.mp3").unwrap();
+        assert_eq!(u.as_str(), "http://ha.local:8123/api/tts_proxy/abc.mp3");
+        assert!(same_origin(&ws, &u));
+        let wss = url::Url::parse("wss://ha.example/api/websocket").unwrap();
+        assert_eq!(absolute_url(&wss, "/x.mp3").unwrap().as_str(), "https://ha.example/x.mp3");
+        let other = absolute_url(&ws, "http://cdn.example/x.mp3").unwrap();
+        assert!(!same_origin(&ws, &other));
+        assert!(absolute_url(&ws, "file:///etc/passwd").is_none());
     }
 }

@@ -117,6 +117,11 @@ pub enum Event {
     State { state: State },
     /// `{"event":"error","message":"…"}`
     Error { message: String },
+    /// `{"event":"playback_start","what":"built-in wake chime","kind":"chime","duration_ms":180}`
+    PlaybackStart { what: String, kind: String, duration_ms: u64 },
+    /// `{"event":"playback_end","what":"http://…/answer.mp3","played_ms":2300,"reason":"done"}`; other reasons:
+    /// `stopped`, `barge-in`, `muted`, `replaced`, `failed: …`.
+    PlaybackEnd { what: String, played_ms: u64, reason: String },
     /// `{"event":"lagged","missed":12}`: this subscriber fell behind and missed that many events. Only the
     /// control socket sends it, to the subscriber concerned.
     Lagged { missed: u64 },
@@ -132,6 +137,8 @@ pub enum State {
     Streaming,
     Draining,
     Backoff,
+    /// No session, an answer is being played.
+    Speaking,
 }
 
 impl State {
@@ -143,6 +150,7 @@ impl State {
             State::Streaming => "streaming",
             State::Draining => "draining",
             State::Backoff => "backoff",
+            State::Speaking => "speaking",
         }
     }
 }
@@ -154,11 +162,30 @@ pub struct Reporter {
     pub state: Arc<tokio::sync::watch::Sender<State>>,
     /// What `status` shows of Home Assistant, kept up to date by its sessions.
     pub homeassistant: homeassistant::SharedStatus,
+    /// An answer is being played (the speaker sets it; the supervisor shows it in the state).
+    pub speaking: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Where sessions send what a server asks to be said; none: nobody plays.
+    pub answers: Option<tokio::sync::mpsc::Sender<crate::playback::Answer>>,
 }
 
 impl Reporter {
     pub fn new(events: tokio::sync::broadcast::Sender<Event>) -> Self {
-        Reporter { events, state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)), homeassistant: Default::default() }
+        Reporter {
+            events,
+            state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)),
+            homeassistant: Default::default(),
+            speaking: Arc::new(tokio::sync::watch::Sender::new(false)),
+            answers: None,
+        }
+    }
+
+    /// Asks for an answer to be played; never waits: when answers are already waiting, this one is dropped.
+    pub fn answer(&self, a: crate::playback::Answer) {
+        if let Some(tx) = &self.answers {
+            if tx.try_send(a).is_err() {
+                tracing::warn!("an answer to play was dropped: {} are waiting already", crate::playback::speaker::ANSWERS_QUEUE);
+            }
+        }
     }
 
     pub fn emit(&self, e: Event) {

@@ -129,7 +129,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
             sink.send(ha::run_command(hp, run_id, pipeline.as_deref(), p.sample_rate, req.wakeword.as_deref()))
                 .await
                 .map_err(|e| (EndReason::Error, format!("cannot send the run to {url}: {e}")))?;
-            begin(&mut stream, codec, reporter, &session).await
+            begin(&mut stream, codec, p, reporter, &session).await
         };
         let begun = tokio::select! {
             r = tokio::time::timeout(p.connect_timeout, begun) => r.unwrap_or_else(|_| {
@@ -212,7 +212,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     });
     let mut reader = tokio::spawn({
         let (queue, reporter, session, end_sent, sent) = (queue.clone(), reporter.clone(), session.clone(), end_sent.clone(), sent.clone());
-        let (discarded, server_detail, progress) = (discarded.clone(), server_detail.clone(), progress.clone());
+        let (discarded, server_detail, progress, p) = (discarded.clone(), server_detail.clone(), progress.clone(), p.clone());
         async move {
             let mut replies = 0u64;
             while let Some(msg) = stream.next().await {
@@ -255,7 +255,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
                                 queue.finish(EndReason::Server);
                                 discarded.fetch_add(queue.clear() as u64, Ordering::Relaxed);
                             }
-                            pipeline_event(&kind, v, &reporter, &session);
+                            pipeline_event(&kind, v, &reporter, &session, &p);
                             if kind == Kind::RunEnd {
                                 return ReaderEnd::Final;
                             }
@@ -384,6 +384,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
 async fn begin(
     stream: &mut futures_util::stream::SplitStream<super::connect::Socket>,
     codec: super::protocol::Codec,
+    p: &Params,
     reporter: &Reporter,
     session: &str,
 ) -> Result<u8, (EndReason, String)> {
@@ -409,7 +410,7 @@ async fn begin(
                 handler = Some(ha::handler_of(&value).ok_or_else(|| failed("Home Assistant's run-start names no stt_binary_handler_id".into()))?);
             }
             let code = ha::error_code(&value).map(ha::clip);
-            pipeline_event(&kind, value, reporter, session);
+            pipeline_event(&kind, value, reporter, session, p);
             match kind {
                 Kind::SttStart => return handler.ok_or_else(|| failed("Home Assistant sent stt-start before run-start".into())),
                 _ if kind.stops_audio() => return Err((EndReason::Server, code.unwrap_or_else(|| "the run ended before it read any audio".into()))),
@@ -420,10 +421,18 @@ async fn begin(
     Err(failed("Home Assistant closed the connection before the run started".into()))
 }
 
-/// Logs and publishes one pipeline event, and keeps `status` up to date.
-fn pipeline_event(kind: &Kind, value: serde_json::Value, reporter: &Reporter, session: &str) {
+/// Logs and publishes one pipeline event, keeps `status` up to date, and asks for the spoken answer to be played.
+fn pipeline_event(kind: &Kind, value: serde_json::Value, reporter: &Reporter, session: &str, p: &Params) {
     ha::log_event(kind, &value);
     match kind {
+        Kind::TtsEnd => match ha::speech_url(&value).map(|u| (u, ha::absolute_url(&p.url, u))) {
+            Some((_, Some(url))) => {
+                let bearer = if ha::same_origin(&p.url, &url) { p.ha.as_ref().map(|h| h.token.clone()) } else { None };
+                reporter.answer(crate::playback::Answer::Url { url: url.to_string(), bearer });
+            }
+            Some((given, None)) => tracing::warn!("Home Assistant's answer is at {given:?}, which is not an http(s) URL"),
+            None => {}
+        },
         Kind::SttEnd => {
             let text = ha::transcript(&value).map(ha::clip);
             ha::update(&reporter.homeassistant, |s| s.transcript = text);

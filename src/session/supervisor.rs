@@ -83,7 +83,8 @@ impl Supervisor {
     /// Publishes the state that follows from what is going on (see [`state_of`]).
     fn publish(&self, active: &Option<Active>, backing_off: bool) {
         let phase = active.as_ref().map(|a| *a.phase.borrow());
-        self.reporter.set_state(state_of(self.muted, backing_off, phase));
+        let speaking = *self.reporter.speaking.borrow();
+        self.reporter.set_state(state_of(self.muted, backing_off, phase, speaking));
     }
 
     fn fresh_delays() -> Box<dyn Iterator<Item = Duration> + Send> {
@@ -110,6 +111,7 @@ impl Supervisor {
         let mut backing_off = false;
         let mut inputs_open = true;
         let mut commands_open = true;
+        let mut speaking = self.reporter.speaking.subscribe();
         self.publish(&active, backing_off);
         loop {
             if active.is_none() && !backing_off {
@@ -180,6 +182,7 @@ impl Supervisor {
                 }
                 Ok(()) = async { phase.as_mut().expect("guarded").changed().await }, if phase.is_some() => {}
                 _ = &mut backoff, if backing_off => backing_off = false,
+                Ok(()) = speaking.changed() => {}
             }
             self.publish(&active, backing_off);
         }
@@ -193,7 +196,7 @@ impl Supervisor {
             let done = loop {
                 tokio::select! {
                     done = &mut a.task => break done,
-                    Ok(()) = a.phase.changed() => self.reporter.set_state(state_of(self.muted, false, Some(*a.phase.borrow()))),
+                    Ok(()) = a.phase.changed() => self.reporter.set_state(state_of(self.muted, false, Some(*a.phase.borrow()), false)),
                 }
             };
             if let Ok(summary) = done {
@@ -235,15 +238,17 @@ fn warmed(mut params: Params, reporter: &Reporter) -> Params {
 }
 
 /// The daemon's state, from what the supervisor knows: a running session's phase first (a session being
-/// stopped by a mute still shows how it ends), then a backoff, then muted or listening.
-fn state_of(muted: bool, backing_off: bool, phase: Option<Phase>) -> State {
-    match (phase, backing_off, muted) {
-        (Some(Phase::Connecting), _, _) => State::Connecting,
-        (Some(Phase::Streaming), _, _) => State::Streaming,
-        (Some(Phase::Draining), _, _) => State::Draining,
-        (None, true, _) => State::Backoff,
-        (None, false, true) => State::Muted,
-        (None, false, false) => State::Listening,
+/// stopped by a mute still shows how it ends), then a backoff, then muted, then an answer being spoken, then
+/// listening.
+fn state_of(muted: bool, backing_off: bool, phase: Option<Phase>, speaking: bool) -> State {
+    match (phase, backing_off, muted, speaking) {
+        (Some(Phase::Connecting), ..) => State::Connecting,
+        (Some(Phase::Streaming), ..) => State::Streaming,
+        (Some(Phase::Draining), ..) => State::Draining,
+        (None, true, ..) => State::Backoff,
+        (None, false, true, _) => State::Muted,
+        (None, false, false, true) => State::Speaking,
+        (None, false, false, false) => State::Listening,
     }
 }
 
@@ -309,18 +314,21 @@ mod tests {
     #[test]
     fn the_state_as_a_table() {
         use Phase::*;
-        let rows: &[(bool, bool, Option<Phase>, State)] = &[
-            (false, false, None, State::Listening),
-            (true, false, None, State::Muted),
-            (false, true, None, State::Backoff),
-            (true, true, None, State::Backoff),
-            (false, false, Some(Connecting), State::Connecting),
-            (false, false, Some(Streaming), State::Streaming),
-            (true, false, Some(Draining), State::Draining),
-            (false, true, Some(Streaming), State::Streaming),
+        let rows: &[(bool, bool, Option<Phase>, bool, State)] = &[
+            (false, false, None, false, State::Listening),
+            (true, false, None, false, State::Muted),
+            (false, true, None, false, State::Backoff),
+            (true, true, None, false, State::Backoff),
+            (false, false, Some(Connecting), false, State::Connecting),
+            (false, false, Some(Streaming), true, State::Streaming),
+            (true, false, Some(Draining), false, State::Draining),
+            (false, true, Some(Streaming), false, State::Streaming),
+            (false, false, None, true, State::Speaking),
+            (true, false, None, true, State::Muted),
+            (false, true, None, true, State::Backoff),
         ];
-        for &(muted, backing_off, phase, want) in rows {
-            assert_eq!(state_of(muted, backing_off, phase), want, "muted {muted}, backing off {backing_off}, {phase:?}");
+        for &(muted, backing_off, phase, speaking, want) in rows {
+            assert_eq!(state_of(muted, backing_off, phase, speaking), want, "muted {muted}, backing off {backing_off}, {phase:?}, speaking {speaking}");
         }
     }
 

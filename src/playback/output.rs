@@ -1,0 +1,311 @@
+//! The output thread: plays one clip at a time through a cpal output stream it opens for the clip and closes
+//! after it, so that an idle daemon holds no device and wakes no thread.
+//!
+//! The clip is converted before the stream starts (mono 16-bit at the clip's rate → the device's rate with the
+//! capture side's converter, the channels repeated, the volume applied) and handed to the stream's callback
+//! whole: the callback only copies, never waits or allocates. It reports the first sample written and, after
+//! the clip and a short tail of silence (so closing the device does not cut the end), that it is done. A
+//! device that cannot be opened is reported once and not tried again before a backoff (0.5 s, doubling to
+//! 8 s) has passed; a device lost while playing ends the clip with the error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig};
+
+use super::Clip;
+
+/// Silence played after a clip before the stream closes: what the device may still hold.
+const TAIL_MS: usize = 150;
+/// Backoff after a device that could not be opened.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(8);
+
+/// What the thread is asked.
+pub enum Command {
+    Play { id: u64, clip: Arc<Clip> },
+    /// Stop what plays (if it is `id`, or whatever plays for `None`).
+    Stop { id: Option<u64>, reason: &'static str },
+}
+
+/// What the thread tells.
+#[derive(Debug)]
+pub enum Report {
+    /// The first sample of clip `id` was handed to the device at `at`.
+    Started { id: u64, at: Instant, device: String },
+    Ended { id: u64, played_ms: u64, reason: String },
+    /// Clip `id` could not be played at all.
+    Failed { id: u64, error: String },
+}
+
+/// Where to play and how loud.
+#[derive(Clone, Debug)]
+pub struct OutputConfig {
+    /// "default", or a device id from `voxgate devices`.
+    pub device: String,
+    pub volume: f32,
+    /// Play at this rate (0: the clip's own when the device takes it).
+    pub rate: u32,
+}
+
+/// The handle: dropping it ends the thread.
+pub struct Output {
+    commands: crossbeam_channel::Sender<Command>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Output {
+    pub fn spawn(config: OutputConfig, reports: tokio::sync::mpsc::UnboundedSender<Report>) -> std::io::Result<Output> {
+        let (commands, rx) = crossbeam_channel::bounded(16);
+        let thread = std::thread::Builder::new().name("playback".into()).spawn(move || run(config, rx, reports))?;
+        Ok(Output { commands, thread: Some(thread) })
+    }
+
+    /// Never waits: a full queue (16 commands) drops this one, which says so.
+    pub fn send(&self, c: Command) -> bool {
+        self.commands.try_send(c).is_ok()
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        let (dead, _) = crossbeam_channel::bounded(1);
+        drop(std::mem::replace(&mut self.commands, dead));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A clip being played.
+struct Playing {
+    id: u64,
+    _stream: cpal::Stream,
+    position: Arc<AtomicUsize>,
+    /// Samples per second of the stream, all channels.
+    per_second: usize,
+    clip_len: usize,
+}
+
+impl Playing {
+    fn played_ms(&self) -> u64 {
+        (self.position.load(Ordering::Relaxed).min(self.clip_len) * 1000 / self.per_second.max(1)) as u64
+    }
+}
+
+/// Signals from the stream's callbacks.
+enum Signal {
+    First(u64, Instant),
+    Done(u64),
+    Lost(u64, String),
+}
+
+fn run(config: OutputConfig, commands: crossbeam_channel::Receiver<Command>, reports: tokio::sync::mpsc::UnboundedSender<Report>) {
+    let (signal_tx, signals) = crossbeam_channel::bounded::<Signal>(8);
+    let mut current: Option<Playing> = None;
+    let mut retry_at: Option<Instant> = None;
+    let mut retry_wait = RETRY_FIRST;
+    let mut failing = false;
+    loop {
+        crossbeam_channel::select! {
+            recv(commands) -> c => match c {
+                Ok(Command::Play { id, clip }) => {
+                    if let Some(p) = current.take() {
+                        let _ = reports.send(Report::Ended { id: p.id, played_ms: p.played_ms(), reason: "replaced".into() });
+                    }
+                    if retry_at.is_some_and(|t| Instant::now() < t) {
+                        let _ = reports.send(Report::Failed { id, error: format!("playback device {} unavailable; trying again after a pause", config.device) });
+                        continue;
+                    }
+                    match open(&config, id, &clip, &signal_tx) {
+                        Ok(p) => {
+                            if failing {
+                                tracing::info!("playback device {} works again", config.device);
+                            }
+                            failing = false;
+                            retry_at = None;
+                            retry_wait = RETRY_FIRST;
+                            current = Some(p);
+                        }
+                        Err(e) => {
+                            if !failing {
+                                tracing::warn!("cannot play through {}: {e}; trying again at the next sound, after a pause", config.device);
+                            }
+                            failing = true;
+                            retry_at = Some(Instant::now() + retry_wait);
+                            retry_wait = (retry_wait * 2).min(RETRY_MAX);
+                            let _ = reports.send(Report::Failed { id, error: e });
+                        }
+                    }
+                }
+                Ok(Command::Stop { id, reason }) => {
+                    if let Some(p) = current.take_if(|p| id.is_none_or(|i| i == p.id)) {
+                        let _ = reports.send(Report::Ended { id: p.id, played_ms: p.played_ms(), reason: reason.into() });
+                    }
+                }
+                Err(_) => return,
+            },
+            recv(signals) -> s => match s {
+                Ok(Signal::First(id, at)) if current.as_ref().is_some_and(|p| p.id == id) => {
+                    let _ = reports.send(Report::Started { id, at, device: config.device.clone() });
+                }
+                Ok(Signal::Done(id)) => {
+                    if let Some(p) = current.take_if(|p| p.id == id) {
+                        let _ = reports.send(Report::Ended { id, played_ms: p.played_ms(), reason: "done".into() });
+                    }
+                }
+                Ok(Signal::Lost(id, e)) => {
+                    if let Some(p) = current.take_if(|p| p.id == id) {
+                        tracing::warn!("playback device {} failed while playing: {e}", config.device);
+                        let _ = reports.send(Report::Ended { id, played_ms: p.played_ms(), reason: format!("device failed: {e}") });
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+fn find(name: &str) -> Result<cpal::Device, String> {
+    let host = cpal::default_host();
+    if name == "default" {
+        return host.default_output_device().ok_or_else(|| "no default output device".to_string());
+    }
+    let candidates = [name.to_string(), format!("{}:{name}", host.id().name().to_lowercase())];
+    candidates
+        .iter()
+        .filter_map(|c| c.parse::<cpal::DeviceId>().ok())
+        .find_map(|id| host.device_by_id(&id))
+        .ok_or_else(|| format!("output device {name:?} not found (see `voxgate devices`)"))
+}
+
+/// The stream format for a clip: its own rate (or `rate`) with 16-bit samples and one channel when the device
+/// takes them, else the nearest it offers.
+fn choose(device: &cpal::Device, want_rate: u32) -> Result<(SampleFormat, u16, u32), String> {
+    let ranges: Vec<_> = device.supported_output_configs().map_err(|e| format!("cannot read its formats: {e}"))?.collect();
+    let takes = |r: &cpal::SupportedStreamConfigRange| r.min_sample_rate() <= want_rate && want_rate <= r.max_sample_rate();
+    let rank = |f: SampleFormat| match f {
+        SampleFormat::I16 => 0,
+        SampleFormat::F32 => 1,
+        SampleFormat::I32 => 2,
+        _ => 9,
+    };
+    if let Some(r) = ranges.iter().filter(|r| takes(r) && rank(r.sample_format()) < 9).min_by_key(|r| (rank(r.sample_format()), r.channels())) {
+        return Ok((r.sample_format(), r.channels(), want_rate));
+    }
+    let d = device.default_output_config().map_err(|e| format!("offers no usable format: {e}"))?;
+    if rank(d.sample_format()) == 9 {
+        return Err(format!("offers only {} samples", d.sample_format()));
+    }
+    Ok((d.sample_format(), d.channels(), d.sample_rate()))
+}
+
+/// The clip as the device will take it: resampled with the capture side's converter, channels repeated,
+/// volume applied, then the tail of silence.
+fn prepare(clip: &Clip, rate: u32, channels: u16, volume: f32) -> Result<(Vec<i16>, usize), String> {
+    let mono: Vec<i16> = if rate == clip.rate {
+        clip.samples.to_vec()
+    } else {
+        let mut conv = crate::audio::convert::Converter::new(1, clip.rate, rate, 1024).map_err(|e| e.to_string())?;
+        let input: Vec<f32> = clip.samples.iter().map(|s| *s as f32 / 32768.0).collect();
+        let mut out = Vec::new();
+        conv.push(&input, &mut |f| {
+            out.extend(f);
+            true
+        });
+        conv.finish(&mut |f| {
+            out.extend(f);
+            true
+        });
+        out.truncate((clip.samples.len() as u64 * rate as u64).div_ceil(clip.rate as u64) as usize);
+        out
+    };
+    let scale = |s: i16| if volume >= 1.0 { s } else { (s as f32 * volume).round() as i16 };
+    let mut data: Vec<i16> = mono.iter().flat_map(|s| std::iter::repeat_n(scale(*s), channels as usize)).collect();
+    let clip_len = data.len();
+    data.resize(clip_len + rate as usize * channels as usize * TAIL_MS / 1000, 0);
+    Ok((data, clip_len))
+}
+
+fn open(config: &OutputConfig, id: u64, clip: &Clip, signals: &crossbeam_channel::Sender<Signal>) -> Result<Playing, String> {
+    let device = find(&config.device)?;
+    let want = if config.rate != 0 { config.rate } else { clip.rate };
+    let (format, channels, rate) = choose(&device, want)?;
+    let (data, clip_len) = prepare(clip, rate, channels, config.volume)?;
+    let data: Arc<[i16]> = data.into();
+    let position = Arc::new(AtomicUsize::new(0));
+    let stream_config = StreamConfig { channels, sample_rate: rate, buffer_size: cpal::BufferSize::Default };
+    let stream = match format {
+        SampleFormat::I16 => build::<i16>(&device, stream_config, id, data, position.clone(), signals.clone()),
+        SampleFormat::I32 => build::<i32>(&device, stream_config, id, data, position.clone(), signals.clone()),
+        _ => build::<f32>(&device, stream_config, id, data, position.clone(), signals.clone()),
+    }
+    .map_err(|e| format!("cannot open it at {rate} Hz, {channels} ch, {format}: {e}"))?;
+    stream.play().map_err(|e| format!("cannot start it: {e}"))?;
+    Ok(Playing { id, _stream: stream, position, per_second: rate as usize * channels as usize, clip_len })
+}
+
+fn build<T>(
+    device: &cpal::Device,
+    config: StreamConfig,
+    id: u64,
+    data: Arc<[i16]>,
+    position: Arc<AtomicUsize>,
+    signals: crossbeam_channel::Sender<Signal>,
+) -> Result<cpal::Stream, cpal::Error>
+where
+    T: SizedSample + FromSample<i16> + Send + 'static,
+{
+    let lost = signals.clone();
+    let mut told_first = false;
+    let mut told_done = false;
+    device.build_output_stream::<T, _, _>(
+        config,
+        move |out: &mut [T], info| {
+            let at = position.load(Ordering::Relaxed);
+            let n = out.len().min(data.len().saturating_sub(at));
+            for (o, s) in out.iter_mut().zip(&data[at..at + n]) {
+                *o = T::from_sample(*s);
+            }
+            for o in &mut out[n..] {
+                *o = T::EQUILIBRIUM;
+            }
+            position.store(at + n, Ordering::Relaxed);
+            if !told_first && n > 0 {
+                told_first = true;
+                // When the first sample reaches the device, as the stream predicts it.
+                let ahead = info.timestamp().playback.duration_since(info.timestamp().callback);
+                let _ = signals.try_send(Signal::First(id, Instant::now() + ahead));
+            }
+            if !told_done && at + n >= data.len() {
+                told_done = true;
+                let _ = signals.try_send(Signal::Done(id));
+            }
+        },
+        move |e: cpal::Error| {
+            let _ = lost.try_send(Signal::Lost(id, e.to_string()));
+        },
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clip_is_prepared_exactly_at_its_rate_and_to_length_when_resampled() {
+        let samples: Vec<i16> = (0..1600).map(|i| ((i * 97) % 6000 - 3000) as i16).collect();
+        let clip = Clip::new("t", 16000, samples.clone());
+        let (data, len) = prepare(&clip, 16000, 1, 1.0).unwrap();
+        assert_eq!(&data[..len], &samples[..]);
+        assert!(data[len..].iter().all(|s| *s == 0) && data.len() - len == 16000 * TAIL_MS / 1000);
+        let (data, len) = prepare(&clip, 48000, 2, 1.0).unwrap();
+        assert_eq!(len, 1600 * 3 * 2);
+        assert_eq!(data[0], data[1], "channels repeated");
+        let (half, _) = prepare(&clip, 16000, 1, 0.5).unwrap();
+        assert_eq!(half[1], (samples[1] as f32 * 0.5).round() as i16);
+    }
+}

@@ -1,0 +1,247 @@
+//! The speaker task: the one owner of what is played, and when.
+//!
+//! Inputs: the daemon's events (a wake word, the session's state, its end), the answers sessions ask for (mpsc),
+//! requests from the control socket (`say`, `stop`), and the output thread's reports. Outputs: commands to the
+//! output thread, `playback_start`/`playback_end`/`error` events, and whether an answer is being spoken
+//! (`speaking`, which the supervisor turns into the daemon's state). Loading (a file, a URL) runs on the
+//! blocking pool and comes back as a message, so the task never waits on the network or a disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::fetch::Fetcher;
+use super::output::{Command, Output, OutputConfig, Report};
+use super::{Answer, Clip, Sounds};
+use crate::session::{EndReason, Event, Reporter, State};
+
+/// Answers waiting to be loaded; more are dropped (and logged): a server cannot queue up speech.
+pub const ANSWERS_QUEUE: usize = 4;
+
+/// What the control socket asks.
+pub enum Request {
+    /// Play a file or an http(s) URL; answered with its length once it starts, or why it cannot.
+    Say { what: String, reply: oneshot::Sender<Result<u64, String>> },
+    Stop,
+}
+
+/// The handle the daemon keeps.
+#[derive(Clone)]
+pub struct Speaker {
+    requests: mpsc::Sender<Request>,
+}
+
+impl Speaker {
+    pub async fn say(&self, what: String) -> Result<u64, String> {
+        let (reply, rx) = oneshot::channel();
+        self.requests.send(Request::Say { what, reply }).await.map_err(|_| "playback has stopped".to_string())?;
+        rx.await.map_err(|_| "playback has stopped".to_string())?
+    }
+
+    pub async fn stop(&self) {
+        let _ = self.requests.send(Request::Stop).await;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Chime,
+    Answer,
+}
+
+impl Kind {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Chime => "chime",
+            Kind::Answer => "answer",
+        }
+    }
+}
+
+/// A clip loaded off the runtime, for a `say` (with its reply) or an answer.
+type Loaded = (Result<Clip, String>, Option<oneshot::Sender<Result<u64, String>>>);
+
+/// Starts the task and the output thread; `output` None: playback is off (`playback.device = "none"`), and
+/// only `say` answers, with that.
+pub fn spawn(output: Option<OutputConfig>, sounds: Sounds, fetcher: Option<Arc<Fetcher>>, reporter: Reporter, answers: mpsc::Receiver<Answer>) -> Speaker {
+    let (requests, rx) = mpsc::channel(8);
+    let events = reporter.events.subscribe();
+    tokio::spawn(run(output, sounds, fetcher, reporter, events, answers, rx));
+    Speaker { requests }
+}
+
+struct Task {
+    output: Option<Output>,
+    sounds: Sounds,
+    reporter: Reporter,
+    next_id: u64,
+    /// Clips sent to the output thread and not yet ended: what, kind, length.
+    live: HashMap<u64, (String, Kind, u64)>,
+}
+
+impl Task {
+    fn muted(&self) -> bool {
+        *self.reporter.state.borrow() == State::Muted
+    }
+
+    fn play(&mut self, clip: Arc<Clip>, kind: Kind) -> Option<u64> {
+        let output = self.output.as_ref()?;
+        if self.muted() {
+            return None;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        self.live.insert(id, (clip.name.clone(), kind, clip.duration_ms()));
+        if !output.send(Command::Play { id, clip }) {
+            self.live.remove(&id);
+            tracing::warn!("playback is behind: a sound was dropped");
+            return None;
+        }
+        Some(id)
+    }
+
+    fn chime(&mut self, which: fn(&Sounds) -> &Option<Arc<Clip>>) {
+        if let Some(c) = which(&self.sounds).clone() {
+            self.play(c, Kind::Chime);
+        }
+    }
+
+    fn stop(&self, kind: Option<Kind>, reason: &'static str) {
+        let Some(output) = &self.output else { return };
+        for (id, _) in self.live.iter().filter(|(_, (_, k, _))| kind.is_none_or(|want| *k == want)) {
+            output.send(Command::Stop { id: Some(*id), reason });
+        }
+    }
+
+    fn speaking(&self) {
+        let answering = self.live.values().any(|(_, k, _)| *k == Kind::Answer);
+        self.reporter.speaking.send_if_modified(|s| std::mem::replace(s, answering) != answering);
+    }
+
+    /// A sound that could not be had: an `error` event, a log line naming it, and the error chime.
+    fn failed(&mut self, message: String) {
+        tracing::warn!(event = "error", "{message}");
+        self.reporter.emit(Event::Error { message });
+        self.chime(|s| &s.error);
+    }
+
+    fn report(&mut self, r: Report) {
+        match r {
+            Report::Started { id, at, device } => {
+                let Some((what, kind, ms)) = self.live.get(&id).cloned() else { return };
+                let late = at.saturating_duration_since(std::time::Instant::now());
+                tracing::info!(event = "playback_start", what = %what, kind = kind.as_str(), duration_ms = ms, device = %device,
+                    "playing {what} ({ms} ms) on {device}, first sample in {} ms", late.as_millis());
+                self.reporter.emit(Event::PlaybackStart { what, kind: kind.as_str().into(), duration_ms: ms });
+            }
+            Report::Ended { id, played_ms, reason } => {
+                let Some((what, kind, _)) = self.live.remove(&id) else { return };
+                tracing::info!(event = "playback_end", what = %what, kind = kind.as_str(), played_ms, reason = %reason, "played {played_ms} ms of {what}: {reason}");
+                self.reporter.emit(Event::PlaybackEnd { what, played_ms, reason });
+            }
+            Report::Failed { id, error } => {
+                let Some((what, _, _)) = self.live.remove(&id) else { return };
+                tracing::debug!("not played: {what}: {error}");
+                self.reporter.emit(Event::PlaybackEnd { what, played_ms: 0, reason: format!("failed: {error}") });
+            }
+        }
+        self.speaking();
+    }
+}
+
+/// Loads a file or URL into a clip (blocking).
+fn load(what: &str, bearer: Option<&str>, fetcher: Option<&Fetcher>) -> Result<Clip, String> {
+    if what.starts_with("http://") || what.starts_with("https://") {
+        let fetcher = fetcher.ok_or_else(|| format!("cannot fetch {what}: no HTTP client"))?;
+        let (bytes, mime) = fetcher.get(what, bearer).map_err(|e| e.to_string())?;
+        let ext = what.rsplit_once('.').map(|(_, e)| e.to_lowercase()).filter(|e| e.len() <= 4);
+        let hint = mime.as_deref().filter(|m| m.starts_with("audio/")).or(ext.as_deref());
+        return super::decode::decode(what, bytes, hint).map_err(|e| format!("{what}: {e}"));
+    }
+    super::load_sound("say", what, super::chimes::error)?.map(|c| (*c).clone()).ok_or_else(|| "nothing to say".to_string())
+}
+
+async fn run(
+    output: Option<OutputConfig>,
+    sounds: Sounds,
+    fetcher: Option<Arc<Fetcher>>,
+    reporter: Reporter,
+    mut events: broadcast::Receiver<Event>,
+    mut answers: mpsc::Receiver<Answer>,
+    mut requests: mpsc::Receiver<Request>,
+) {
+    let (reports_tx, mut reports) = mpsc::unbounded_channel();
+    let output = output.and_then(|c| match Output::spawn(c, reports_tx) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::error!("cannot start the playback thread: {e}; nothing will be played");
+            None
+        }
+    });
+    let (loaded_tx, mut loaded) = mpsc::channel::<Loaded>(ANSWERS_QUEUE);
+    let mut task = Task { output, sounds, reporter, next_id: 0, live: HashMap::new() };
+    let load_off = |what: String, bearer: Option<String>, reply: Option<oneshot::Sender<Result<u64, String>>>| {
+        let (fetcher, tx) = (fetcher.clone(), loaded_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let clip = load(&what, bearer.as_deref(), fetcher.as_deref());
+            let _ = tx.blocking_send((clip, reply));
+        });
+    };
+    loop {
+        tokio::select! {
+            e = events.recv() => match e {
+                Ok(Event::Wake { acted_on: true, .. }) => {
+                    // The user talks over an answer: it stops, and the wake chime says we listen.
+                    task.stop(Some(Kind::Answer), "barge-in");
+                    task.chime(|s| &s.wake);
+                }
+                Ok(Event::State { state: State::Draining }) => task.chime(|s| &s.end),
+                Ok(Event::State { state: State::Muted }) => task.stop(None, "muted"),
+                Ok(Event::SessionEnd(s)) if s.reason == EndReason::Error => task.chime(|s| &s.error),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            a = answers.recv() => match a {
+                Some(Answer::Url { url, bearer }) => {
+                    if task.output.is_some() && !task.muted() {
+                        load_off(url, bearer.map(|t| t.expose().to_string()), None);
+                    }
+                }
+                Some(Answer::Pcm(clip)) => {
+                    task.play(Arc::new(clip), Kind::Answer);
+                }
+                None => {}
+            },
+            r = requests.recv() => match r {
+                Some(Request::Say { what, reply }) => {
+                    if task.output.is_none() {
+                        let _ = reply.send(Err("playback is off (playback.device = \"none\")".into()));
+                    } else if task.muted() {
+                        let _ = reply.send(Err("muted: unmute first".into()));
+                    } else {
+                        load_off(what, None, Some(reply));
+                    }
+                }
+                Some(Request::Stop) => task.stop(None, "stopped"),
+                None => return,
+            },
+            Some((clip, reply)) = loaded.recv() => match clip {
+                Ok(clip) => {
+                    let ms = clip.duration_ms();
+                    let played = task.play(Arc::new(clip), Kind::Answer);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(played.map(|_| ms).ok_or_else(|| "not played (muted or playback behind)".to_string()));
+                    }
+                }
+                Err(e) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    task.failed(format!("cannot play the answer: {e}"));
+                }
+            },
+            Some(r) = reports.recv() => task.report(r),
+        }
+    }
+}
