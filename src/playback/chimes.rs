@@ -11,7 +11,7 @@ fn tones(name: &str, parts: &[(f32, u32)]) -> Clip {
     for &(hz, ms) in parts {
         let n = RATE as usize * ms as usize / 1000;
         for i in 0..n {
-            let env = (i as f32 / fade).min((n - i) as f32 / fade).min(1.0);
+            let env = (i as f32 / fade).min((n - 1 - i) as f32 / fade).min(1.0);
             let v = if hz == 0.0 { 0.0 } else { 0.3 * env * (std::f32::consts::TAU * hz * i as f32 / RATE as f32).sin() };
             samples.push(crate::audio::convert::to_i16(v));
         }

@@ -1,5 +1,6 @@
 //! The output thread: plays one clip at a time through a cpal output stream it opens for the clip and closes
-//! after it, so that an idle daemon holds no device and wakes no thread.
+//! after it, so that an idle daemon holds no device and wakes no thread. Clips asked for while one plays wait
+//! their turn (at most [`WAITING`]); the speaker stops what it wants cut short.
 //!
 //! The clip is converted before the stream starts (mono 16-bit at the clip's rate → the device's rate with the
 //! capture side's converter, the channels repeated, the volume applied) and handed to the stream's callback
@@ -19,6 +20,8 @@ use super::Clip;
 
 /// Silence played after a clip before the stream closes: what the device may still hold.
 const TAIL_MS: usize = 150;
+/// Clips that may wait behind the one playing; more are refused.
+pub const WAITING: usize = 4;
 /// Backoff after a device that could not be opened.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(8);
@@ -26,7 +29,7 @@ const RETRY_MAX: Duration = Duration::from_secs(8);
 /// What the thread is asked.
 pub enum Command {
     Play { id: u64, clip: Arc<Clip> },
-    /// Stop what plays (if it is `id`, or whatever plays for `None`).
+    /// Stop clip `id` (playing or waiting), or for `None` whatever plays and waits.
     Stop { id: Option<u64>, reason: &'static str },
 }
 
@@ -104,66 +107,117 @@ enum Signal {
 
 fn run(config: OutputConfig, commands: crossbeam_channel::Receiver<Command>, reports: tokio::sync::mpsc::UnboundedSender<Report>) {
     let (signal_tx, signals) = crossbeam_channel::bounded::<Signal>(8);
-    let mut current: Option<Playing> = None;
-    let mut retry_at: Option<Instant> = None;
-    let mut retry_wait = RETRY_FIRST;
-    let mut failing = false;
+    let mut player = Player {
+        config,
+        reports,
+        signals: signal_tx,
+        current: None,
+        waiting: std::collections::VecDeque::new(),
+        retry_at: None,
+        retry_wait: RETRY_FIRST,
+        failing: false,
+    };
     loop {
         crossbeam_channel::select! {
             recv(commands) -> c => match c {
                 Ok(Command::Play { id, clip }) => {
-                    if let Some(p) = current.take() {
-                        let _ = reports.send(Report::Ended { id: p.id, played_ms: p.played_ms(), reason: "replaced".into() });
-                    }
-                    if retry_at.is_some_and(|t| Instant::now() < t) {
-                        let _ = reports.send(Report::Failed { id, error: format!("playback device {} unavailable; trying again after a pause", config.device) });
-                        continue;
-                    }
-                    match open(&config, id, &clip, &signal_tx) {
-                        Ok(p) => {
-                            if failing {
-                                tracing::info!("playback device {} works again", config.device);
-                            }
-                            failing = false;
-                            retry_at = None;
-                            retry_wait = RETRY_FIRST;
-                            current = Some(p);
-                        }
-                        Err(e) => {
-                            if !failing {
-                                tracing::warn!("cannot play through {}: {e}; trying again at the next sound, after a pause", config.device);
-                            }
-                            failing = true;
-                            retry_at = Some(Instant::now() + retry_wait);
-                            retry_wait = (retry_wait * 2).min(RETRY_MAX);
-                            let _ = reports.send(Report::Failed { id, error: e });
-                        }
+                    if player.current.is_none() {
+                        player.start(id, clip);
+                    } else if player.waiting.len() < WAITING {
+                        player.waiting.push_back((id, clip));
+                    } else {
+                        player.report(Report::Failed { id, error: format!("{WAITING} sounds are waiting already") });
                     }
                 }
                 Ok(Command::Stop { id, reason }) => {
-                    if let Some(p) = current.take_if(|p| id.is_none_or(|i| i == p.id)) {
-                        let _ = reports.send(Report::Ended { id: p.id, played_ms: p.played_ms(), reason: reason.into() });
+                    let waiting = std::mem::take(&mut player.waiting);
+                    for (w, _) in &waiting {
+                        if id.is_none_or(|i| i == *w) {
+                            player.report(Report::Ended { id: *w, played_ms: 0, reason: reason.into() });
+                        }
+                    }
+                    player.waiting = waiting.into_iter().filter(|(w, _)| id.is_some_and(|i| i != *w)).collect();
+                    if let Some(p) = player.current.take_if(|p| id.is_none_or(|i| i == p.id)) {
+                        player.report(Report::Ended { id: p.id, played_ms: p.played_ms(), reason: reason.into() });
+                        player.next();
                     }
                 }
                 Err(_) => return,
             },
             recv(signals) -> s => match s {
-                Ok(Signal::First(id, at)) if current.as_ref().is_some_and(|p| p.id == id) => {
-                    let _ = reports.send(Report::Started { id, at, device: config.device.clone() });
+                Ok(Signal::First(id, at)) if player.current.as_ref().is_some_and(|p| p.id == id) => {
+                    let device = player.config.device.clone();
+                    player.report(Report::Started { id, at, device });
                 }
                 Ok(Signal::Done(id)) => {
-                    if let Some(p) = current.take_if(|p| p.id == id) {
-                        let _ = reports.send(Report::Ended { id, played_ms: p.played_ms(), reason: "done".into() });
+                    if let Some(p) = player.current.take_if(|p| p.id == id) {
+                        player.report(Report::Ended { id, played_ms: p.played_ms(), reason: "done".into() });
+                        player.next();
                     }
                 }
                 Ok(Signal::Lost(id, e)) => {
-                    if let Some(p) = current.take_if(|p| p.id == id) {
-                        tracing::warn!("playback device {} failed while playing: {e}", config.device);
-                        let _ = reports.send(Report::Ended { id, played_ms: p.played_ms(), reason: format!("device failed: {e}") });
+                    if let Some(p) = player.current.take_if(|p| p.id == id) {
+                        tracing::warn!("playback device {} failed while playing: {e}", player.config.device);
+                        player.report(Report::Ended { id, played_ms: p.played_ms(), reason: format!("device failed: {e}") });
+                        player.next();
                     }
                 }
                 _ => {}
             },
+        }
+    }
+}
+
+/// The output thread's state.
+struct Player {
+    config: OutputConfig,
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    signals: crossbeam_channel::Sender<Signal>,
+    current: Option<Playing>,
+    waiting: std::collections::VecDeque<(u64, Arc<Clip>)>,
+    /// After a device that could not be opened: no new attempt before this.
+    retry_at: Option<Instant>,
+    retry_wait: Duration,
+    failing: bool,
+}
+
+impl Player {
+    fn report(&self, r: Report) {
+        let _ = self.reports.send(r);
+    }
+
+    /// Starts the next waiting clip, if any.
+    fn next(&mut self) {
+        while self.current.is_none() {
+            let Some((id, clip)) = self.waiting.pop_front() else { return };
+            self.start(id, clip);
+        }
+    }
+
+    fn start(&mut self, id: u64, clip: Arc<Clip>) {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            self.report(Report::Failed { id, error: format!("playback device {} unavailable; trying again after a pause", self.config.device) });
+            return;
+        }
+        match open(&self.config, id, &clip, &self.signals) {
+            Ok(p) => {
+                if self.failing {
+                    tracing::info!("playback device {} works again", self.config.device);
+                }
+                self.failing = false;
+                self.retry_at = None;
+                self.retry_wait = RETRY_FIRST;
+                self.current = Some(p);
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!("cannot play through {}: {e}; trying again at the next sound, after a pause", self.config.device);
+                }
+                self.failing = true;
+                self.retry_at = Some(Instant::now() + self.retry_wait);
+                self.retry_wait = (self.retry_wait * 2).min(RETRY_MAX);
+                self.report(Report::Failed { id, error: e });
+            }
         }
     }
 }

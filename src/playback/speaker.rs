@@ -209,6 +209,7 @@ async fn run(
                     }
                 }
                 Some(Answer::Pcm(clip)) => {
+                    task.stop(Some(Kind::Answer), "replaced");
                     task.play(Arc::new(clip), Kind::Answer);
                 }
                 None => {}
@@ -229,6 +230,8 @@ async fn run(
             Some((clip, reply)) = loaded.recv() => match clip {
                 Ok(clip) => {
                     let ms = clip.duration_ms();
+                    // A newer answer replaces one still playing; chimes finish first.
+                    task.stop(Some(Kind::Answer), "replaced");
                     let played = task.play(Arc::new(clip), Kind::Answer);
                     if let Some(reply) = reply {
                         let _ = reply.send(played.map(|_| ms).ok_or_else(|| "not played (muted or playback behind)".to_string()));

@@ -7,6 +7,7 @@ mod control;
 mod daemon;
 mod files;
 mod homeassistant;
+mod playback;
 mod sessions;
 mod support;
 mod system;

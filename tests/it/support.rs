@@ -157,6 +157,98 @@ impl Drop for FakeMic {
 
 use std::os::unix::fs::OpenOptionsExt;
 
+/// A fake speaker: ALSA's `file` plugin writing what is played into a FIFO, which a thread reads and keeps,
+/// as fast as it comes or at `bytes_per_second` (then the device plays at real time). Play to it as
+/// `playback.device = "alsa:fakespk"` with [`FakeSpeaker::alsa_config`] (which also holds a fake microphone's
+/// device when given one).
+pub struct FakeSpeaker {
+    pub dir: tempfile::TempDir,
+    fifo: PathBuf,
+    heard: Arc<(Mutex<Vec<u8>>, std::sync::Condvar)>,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl FakeSpeaker {
+    pub fn new(bytes_per_second: Option<usize>) -> FakeSpeaker {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("speaker.fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", fifo.display());
+        let heard = Arc::new((Mutex::new(Vec::new()), std::sync::Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, s) = (heard.clone(), stop.clone());
+        // Opened for reading and writing, the FIFO never reports an end between clips (each opens the device
+        // afresh), and what a clip writes is never lost in a reopening.
+        let mut f = File::options().read(true).write(true).open(&fifo).unwrap();
+        let reader = std::thread::spawn(move || {
+            let ticks = bytes_per_second.map(|_| crossbeam_channel::tick(Duration::from_millis(20)));
+            let chunk = bytes_per_second.map(|b| (b / 50).max(2)).unwrap_or(64 * 1024);
+            let mut buf = vec![0u8; chunk];
+            while !s.load(Ordering::Acquire) {
+                if let Some(t) = &ticks {
+                    let _ = t.recv();
+                }
+                match std::io::Read::read(&mut f, &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) if !s.load(Ordering::Acquire) => {
+                        h.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                        h.1.notify_all();
+                    }
+                    Ok(_) => return,
+                }
+            }
+        });
+        FakeSpeaker { dir, fifo, heard, stop, reader: Some(reader) }
+    }
+
+    /// An ALSA configuration with this speaker as `fakespk` (and `mic`'s device as `fakemic`).
+    pub fn alsa_config(&self, mic: Option<&FakeMic>) -> PathBuf {
+        let mut conf = format!(
+            "pcm.fakespk {{\n type file\n slave.pcm {{ type null }}\n file \"{}\"\n format \"raw\"\n hint {{ show on description \"fake speaker\" }}\n}}\n",
+            self.fifo.display()
+        );
+        if let Some(m) = mic {
+            conf.push_str(&std::fs::read_to_string(m.alsa_config()).unwrap());
+        }
+        let path = self.dir.path().join("asound.conf");
+        std::fs::write(&path, conf).unwrap();
+        path
+    }
+
+    /// Waits until what was played satisfies `want`; returns it.
+    pub fn wait_until(&self, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let (heard, grew) = &*self.heard;
+        let mut bytes = heard.lock().unwrap();
+        while !want(&bytes) {
+            let (b, timeout) = grew.wait_timeout(bytes, PATIENCE).unwrap();
+            assert!(!timeout.timed_out(), "the speaker did not play what was expected ({} bytes played)", b.len());
+            bytes = b;
+        }
+        bytes.clone()
+    }
+}
+
+impl Drop for FakeSpeaker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // The reader may be waiting for data: give it a byte.
+        if let Ok(mut w) = File::options().write(true).custom_flags(libc::O_NONBLOCK).open(&self.fifo) {
+            let _ = w.write_all(&[0]);
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// Where `needle` (s16le) starts in `hay` (s16le), at a sample boundary.
+pub fn find_samples(hay: &[u8], needle: &[i16]) -> Option<usize> {
+    let needle: Vec<u8> = needle.iter().flat_map(|s| s.to_le_bytes()).collect();
+    (0..hay.len().saturating_sub(needle.len()) + 1).step_by(2).find(|&i| hay[i..].starts_with(&needle)).map(|i| i / 2)
+}
+
 /// The index of the first non-zero sample.
 pub fn first_sound(pcm: &[i16]) -> Option<usize> {
     pcm.iter().position(|&s| s != 0)

@@ -1,0 +1,135 @@
+//! Playback through a real ALSA device: ALSA's `file` plugin writes what the daemon plays into a FIFO the test
+//! reads ([`FakeSpeaker`]).
+
+use serde_json::json;
+
+use crate::support::{FakeSpeaker, TestDaemon, config_text, find_samples, is, serve_child, write_wav};
+
+/// A tone with a ramp, so that any stretch of it is found in one place only.
+fn tone(n: usize) -> Vec<i16> {
+    (0..n).map(|i| ((i as f32 * 0.07).sin() * 6000.0) as i16 + (i % 97) as i16).collect()
+}
+
+fn daemon_with(speaker: &FakeSpeaker, playback: &str) -> TestDaemon {
+    let alsa = speaker.alsa_config(None).display().to_string();
+    let config = format!("{}\n[playback]\ndevice = \"alsa:fakespk\"\n{playback}\n", config_text("ws://127.0.0.1:9/", "info"));
+    TestDaemon::spawn(&config, true, &[("ALSA_CONFIG_PATH", alsa.as_str())])
+}
+
+/// `voxgate say` plays a WAV through the device bit for bit at its own rate, and to the right length when the
+/// device plays at another rate; both are announced as events.
+#[test]
+fn say_plays_a_wav_bit_for_bit_and_resampled_to_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("answer.wav");
+    let samples = tone(16000);
+    write_wav(&wav, 16000, &samples);
+
+    let speaker = FakeSpeaker::new(None);
+    let d = daemon_with(&speaker, "");
+    let mut events = d.connect();
+    assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
+    let reply = d.connect().call(json!({"cmd": "say", "what": wav.to_str().unwrap()}));
+    assert_eq!((reply["ok"].as_bool(), reply["duration_ms"].as_u64()), (Some(true), Some(1000)), "{reply}");
+    let start = events.event(is("playback_start"));
+    assert_eq!((start["what"].as_str(), start["kind"].as_str()), (wav.to_str(), Some("answer")), "{start}");
+    let end = events.event(is("playback_end"));
+    assert_eq!((end["played_ms"].as_u64(), end["reason"].as_str()), (Some(1000), Some("done")), "{end}");
+    let heard = speaker.wait_until(|b| b.len() >= samples.len() * 2);
+    assert_eq!(find_samples(&heard, &samples), Some(0), "not played bit for bit");
+    drop(d);
+
+    // At 48 kHz: three times as many samples (the fake device takes one channel).
+    let speaker = FakeSpeaker::new(None);
+    let d = daemon_with(&speaker, "rate = 48000");
+    let mut events = d.connect();
+    assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
+    assert_eq!(d.connect().call(json!({"cmd": "say", "what": wav.to_str().unwrap()}))["ok"], true);
+    events.event(is("playback_end"));
+    let heard = speaker.wait_until(|b| b.len() >= samples.len() * 2 * 3);
+    let played: Vec<i16> = heard.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    let frames = played.iter().rposition(|s| *s != 0).unwrap() + 1;
+    assert!(frames.abs_diff(48000) <= 48, "{frames} frames for 1 s at 48 kHz");
+}
+
+/// Nothing plays while muted; `stop` stops what plays; a device that is not there is reported and the daemon
+/// goes on.
+#[test]
+fn muted_stopped_and_a_missing_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("long.wav");
+    write_wav(&wav, 16000, &tone(16000 * 20));
+    // Real time: the 20 s clip is still playing when `stop` comes.
+    let speaker = FakeSpeaker::new(Some(32000));
+    let d = daemon_with(&speaker, "");
+    let mut events = d.connect();
+    assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
+    let mut ctl = d.connect();
+    assert_eq!(ctl.call(json!({"cmd": "mute"}))["ok"], true);
+    let refused = ctl.call(json!({"cmd": "say", "what": wav.to_str().unwrap()}));
+    assert!(refused["ok"] == false && refused["error"].as_str().unwrap().contains("muted"), "{refused}");
+    assert_eq!(ctl.call(json!({"cmd": "unmute"}))["ok"], true);
+    assert_eq!(ctl.call(json!({"cmd": "say", "what": wav.to_str().unwrap()}))["ok"], true);
+    events.event(is("playback_start"));
+    events.event(|e| e["event"] == "state" && e["state"] == "speaking");
+    assert_eq!(d.status()["state"], "speaking");
+    speaker.wait_until(|b| b.len() >= 32000);
+    assert_eq!(ctl.call(json!({"cmd": "stop"}))["ok"], true);
+    let end = events.event(is("playback_end"));
+    assert_eq!(end["reason"], "stopped", "{end}");
+    assert!(end["played_ms"].as_u64().unwrap() < 20000, "{end}");
+    events.event(|e| e["event"] == "state" && e["state"] == "listening");
+    drop(d);
+
+    let d = TestDaemon::spawn(
+        &format!("{}\n[playback]\ndevice = \"alsa:no-such-device\"\n", config_text("ws://127.0.0.1:9/", "info")),
+        true,
+        &[],
+    );
+    let mut events = d.connect();
+    assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
+    for _ in 0..2 {
+        assert_eq!(d.connect().call(json!({"cmd": "say", "what": wav.to_str().unwrap()}))["ok"], true);
+        let end = events.event(is("playback_end"));
+        assert!(end["reason"].as_str().unwrap().starts_with("failed"), "{end}");
+    }
+    assert_eq!(d.log().matches("cannot play through alsa:no-such-device").count(), 1, "logged once:\n{}", d.log());
+    assert_eq!(d.status()["state"], "listening");
+}
+
+/// A file with two wake words: each plays the wake chime, then the end chime once the session stops listening;
+/// the sessions' audio is what it was without playback, bit for bit.
+#[test]
+fn chimes_on_the_wake_word_and_at_the_end_leave_the_sessions_unchanged() {
+    let server = serve_child();
+    let speaker = FakeSpeaker::new(None);
+    let alsa = speaker.alsa_config(None).display().to_string();
+    let stream = crate::support::fixtures().join("stream-en-us_m1.wav");
+    let config = |device: &str| {
+        format!(
+            "[audio]\nsource = \"file:{}\"\nfile_pacing = \"fast\"\n[session]\nurl = \"{}\"\n[playback]\ndevice = \"{device}\"\n[log]\nformat = \"text\"\n",
+            stream.display(),
+            server.url
+        )
+    };
+    let ends = |d: &mut TestDaemon| {
+        assert_eq!(d.wait(crate::support::PATIENCE).code(), Some(0), "{}", d.log());
+        let log = d.log();
+        log.lines().filter(|l| l.contains("event=\"session_end\"")).map(|l| l.split("frames_sent=").nth(1).unwrap_or("").to_string()).collect::<Vec<_>>()
+    };
+    let mut plain = TestDaemon::launch(&config("none"), false, &[], false);
+    let without = ends(&mut plain);
+    let mut chiming = TestDaemon::launch(&config("alsa:fakespk"), false, &[("ALSA_CONFIG_PATH", alsa.as_str())], false);
+    let with = ends(&mut chiming);
+    assert_eq!(with.len(), 2);
+    assert_eq!(with, without, "the sessions changed with playback on");
+    let log = chiming.log();
+    // The second end chime may be cut short: the daemon exits when the file ends.
+    assert!(log.matches("playing built-in wake chime").count() == 2 && log.matches("playing built-in end chime").count() >= 1, "{log}");
+    let wake: Vec<i16> = voxgate::playback::chimes::wake().samples.to_vec();
+    let end: Vec<i16> = voxgate::playback::chimes::end().samples.to_vec();
+    let heard = speaker.wait_until(|b| find_samples(b, &end).is_some());
+    let w = find_samples(&heard, &wake).expect("the wake chime");
+    let e = find_samples(&heard, &end).expect("the end chime");
+    assert!(w < e, "the wake chime before the end chime");
+}
