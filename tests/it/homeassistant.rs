@@ -320,3 +320,48 @@ fn live_capture_to_home_assistant_and_sigterm_mid_run() {
     assert!(after.contains("ha_event=\"stt-end\"") && after.contains("reason=\"shutdown\""), "{after}");
     assert!(!hass.log().contains("non-existing handler"));
 }
+
+/// The spoken answer: at `tts-end` its URL is fetched from Home Assistant, decoded (MP3) and played through the
+/// device, after the end chime; a URL that answers 404 gives an `error` event naming it and the error chime.
+#[test]
+#[ignore = "needs a real Home Assistant core from PyPI: `make interop` installs it and runs this"]
+fn the_answer_is_fetched_decoded_and_played() {
+    use crate::support::{FakeSpeaker, find_samples};
+    let hass = Hass::start();
+    let speaker = FakeSpeaker::new(None);
+    let alsa = speaker.alsa_config(None).display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = hass.daemon_config(dir.path(), "\n[playback]\ndevice = \"alsa:fakespk\"\n");
+    let d = TestDaemon::spawn(&config, true, &[("ALSA_CONFIG_PATH", alsa.as_str())]);
+    let mut events = d.connect();
+    assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
+    let mut ctl = d.connect();
+    assert_eq!(ctl.call(json!({"cmd": "trigger"}))["ok"], true);
+    events.event(|e| e["event"] == "server_message" && e["message"]["type"] == "stt-start");
+    assert_eq!(ctl.call(json!({"cmd": "stop"}))["ok"], true);
+    let tts = events.event(|e| e["event"] == "server_message" && e["message"]["type"] == "tts-end");
+    let path = tts["message"]["data"]["tts_output"]["url"].as_str().unwrap().to_string();
+    let answer = events.event(|e| e["event"] == "playback_start" && e["kind"] == "answer");
+    let what = answer["what"].as_str().unwrap();
+    assert_eq!(what, format!("{}{path}", hass.url.replace("ws://", "http://").replace("/api/websocket", "")), "{answer}");
+    let ms = answer["duration_ms"].as_u64().unwrap();
+    assert!(ms > 300, "{answer}");
+    let end = events.event(|e| e["event"] == "playback_end" && e["what"] == what);
+    assert_eq!((end["reason"].as_str(), end["played_ms"].as_u64()), (Some("done"), Some(ms)), "{end}");
+    // The end chime, then the answer: that much audio, not silence, reached the device.
+    let endchime: Vec<i16> = voxgate::playback::chimes::end().samples.to_vec();
+    let heard = speaker.wait_until(|b| find_samples(b, &endchime).is_some());
+    let after = &heard[find_samples(&heard, &endchime).unwrap() * 2..];
+    let loud = after.chunks_exact(2).filter(|b| i16::from_le_bytes([b[0], b[1]]).unsigned_abs() > 300).count();
+    assert!(loud as u64 > ms * 16 / 4, "{loud} loud samples in {ms} ms of answer");
+
+    // A URL that is not there.
+    let missing = format!("{}/api/tts_proxy/no-such-answer.mp3", hass.url.replace("ws://", "http://").replace("/api/websocket", ""));
+    let reply = ctl.call(json!({"cmd": "say", "what": missing}));
+    let error = reply["error"].as_str().unwrap_or_default();
+    assert!(reply["ok"] == false && error.contains(&missing) && error.contains("404"), "{reply}");
+    let e = events.event(is("error"));
+    assert!(e["message"].as_str().unwrap().contains(&missing), "{e}");
+    let errchime: Vec<i16> = voxgate::playback::chimes::error().samples.to_vec();
+    speaker.wait_until(|b| find_samples(b, &errchime).is_some());
+}
