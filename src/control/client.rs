@@ -99,7 +99,7 @@ fn describe_status(s: &Status) -> String {
     row("uptime", format!("{}h {:02}m {:02}s", secs / 3600, secs / 60 % 60, secs % 60));
     row("source", format!("{}: {}", s.source, s.source_state));
     row("audio", format!("{} frames, {} overruns", c.audio_frames, c.overruns));
-    row("wake", format!("{} mode, {} detections", s.wake_mode, c.wake_detections));
+    row("wake", format!("{} mode, {} detections ({} from the answer being played, ignored)", s.wake_mode, c.wake_detections, c.wake_suppressed));
     row("sessions", format!("{} ({} failed), {} frames sent, {} dropped", c.sessions, c.sessions_failed, c.frames_sent, c.frames_dropped));
     if let Some(l) = &s.last_session {
         let detail = l.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();

@@ -115,6 +115,9 @@ pub struct Counters {
     /// Frames the source had to drop because the detector thread was behind.
     pub overruns: u64,
     pub wake_detections: u64,
+    /// Detections ignored because the answer being played said the wake word (counted in `wake_detections`).
+    #[serde(default)]
+    pub wake_suppressed: u64,
     pub sessions: u64,
     pub sessions_failed: u64,
     pub frames_sent: u64,

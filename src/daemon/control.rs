@@ -67,6 +67,8 @@ pub(super) struct Controller {
     pub state: watch::Receiver<State>,
     pub totals: watch::Receiver<Totals>,
     pub detections: Arc<AtomicU64>,
+    /// Detections ignored because the answer being played said the wake word.
+    pub suppressed: Arc<AtomicU64>,
     /// What the sessions report of Home Assistant.
     pub homeassistant: SharedStatus,
     /// What plays the chimes and answers.
@@ -141,6 +143,7 @@ impl Controller {
             audio_frames: self.retired.0 + self.source.stats.frames.load(Ordering::Relaxed),
             overruns: self.retired.1 + self.source.stats.overruns.load(Ordering::Relaxed),
             wake_detections: self.detections.load(Ordering::Relaxed),
+            wake_suppressed: self.suppressed.load(Ordering::Relaxed),
             sessions: totals.sessions,
             sessions_failed: totals.failed,
             frames_sent: totals.frames_sent,

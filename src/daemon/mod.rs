@@ -153,7 +153,13 @@ impl Daemon {
         let mut reporter = Reporter::new(events.clone());
         let (answers_tx, answers) = mpsc::channel(crate::playback::speaker::ANSWERS_QUEUE);
         reporter.answers = Some(answers_tx);
-        let speaker = crate::playback::speaker::spawn(output_config(&config), sounds, Some(fetcher), reporter.clone(), answers);
+        let echo = crate::playback::echo::Echo::default();
+        let suppressed = Arc::new(AtomicU64::new(0));
+        let speaker = crate::playback::speaker::spawn(
+            crate::playback::speaker::Setup { output: output_config(&config), sounds, fetcher: Some(fetcher), echo: echo.clone(), config: config.clone() },
+            reporter.clone(),
+            answers,
+        );
         let (requests_tx, requests) = mpsc::channel(REQUESTS_QUEUE);
         let (first_frame_tx, mut first_frame) = oneshot::channel();
         let detections = Arc::new(AtomicU64::new(0));
@@ -164,6 +170,8 @@ impl Daemon {
             requests: requests_tx,
             reporter: reporter.clone(),
             detections: detections.clone(),
+            echo,
+            suppressed: suppressed.clone(),
             first_frame: first_frame_tx,
         })?;
         let (commands_tx, commands) = mpsc::channel(COMMANDS_QUEUE);
@@ -193,6 +201,7 @@ impl Daemon {
             state: state.clone(),
             totals,
             detections,
+            suppressed,
             homeassistant: reporter.homeassistant.clone(),
             speaker,
             started: Instant::now(),

@@ -8,6 +8,7 @@
 
 pub mod chimes;
 pub mod decode;
+pub mod echo;
 pub mod fetch;
 pub mod output;
 pub mod speaker;

@@ -13,7 +13,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::fetch::Fetcher;
 use super::output::{Command, Output, OutputConfig, Report};
+use super::echo::Echo;
 use super::{Answer, Clip, Sounds};
+use crate::config::Config;
 use crate::session::{EndReason, Event, Reporter, State};
 
 /// Answers waiting to be loaded; more are dropped (and logged): a server cannot queue up speech.
@@ -62,12 +64,23 @@ impl Kind {
 /// A clip loaded off the runtime, for a `say` (with its reply) or an answer.
 type Loaded = (Result<Clip, String>, Option<oneshot::Sender<Result<u64, String>>>);
 
-/// Starts the task and the output thread; `output` None: playback is off (`playback.device = "none"`), and
-/// only `say` answers, with that.
-pub fn spawn(output: Option<OutputConfig>, sounds: Sounds, fetcher: Option<Arc<Fetcher>>, reporter: Reporter, answers: mpsc::Receiver<Answer>) -> Speaker {
+/// What the speaker works with.
+pub struct Setup {
+    /// None: playback is off (`playback.device = "none"`), and `say` answers with that.
+    pub output: Option<OutputConfig>,
+    pub sounds: Sounds,
+    pub fetcher: Option<Arc<Fetcher>>,
+    /// Where the answers' own wake words are told to the detector thread.
+    pub echo: Echo,
+    /// For the wake-word detector that listens to the answers before they play.
+    pub config: Config,
+}
+
+/// Starts the task and the output thread.
+pub fn spawn(setup: Setup, reporter: Reporter, answers: mpsc::Receiver<Answer>) -> Speaker {
     let (requests, rx) = mpsc::channel(8);
     let events = reporter.events.subscribe();
-    tokio::spawn(run(output, sounds, fetcher, reporter, events, answers, rx));
+    tokio::spawn(run(setup, reporter, events, answers, rx));
     Speaker { requests }
 }
 
@@ -78,6 +91,12 @@ struct Task {
     next_id: u64,
     /// Clips sent to the output thread and not yet ended: what, kind, length.
     live: HashMap<u64, (String, Kind, u64)>,
+    echo: Echo,
+    config: Arc<Config>,
+    /// Answers: when their first sample is heard, and where they say a wake word, as each becomes known.
+    started: HashMap<u64, std::time::Instant>,
+    said: HashMap<u64, Vec<std::time::Duration>>,
+    analysed: mpsc::UnboundedSender<(u64, Vec<std::time::Duration>)>,
 }
 
 impl Task {
@@ -93,12 +112,32 @@ impl Task {
         self.next_id += 1;
         let id = self.next_id;
         self.live.insert(id, (clip.name.clone(), kind, clip.duration_ms()));
+        if kind == Kind::Answer {
+            // Where the answer says a wake word, found while it starts to play.
+            let (config, tx, clip) = (self.config.clone(), self.analysed.clone(), clip.clone());
+            tokio::task::spawn_blocking(move || match super::echo::wake_words_in(&clip, &config) {
+                Ok(found) => {
+                    let _ = tx.send((id, found));
+                }
+                Err(e) => tracing::warn!("cannot look for the wake word in {}: {e}", clip.name),
+            });
+        }
         if !output.send(Command::Play { id, clip }) {
             self.live.remove(&id);
             tracing::warn!("playback is behind: a sound was dropped");
             return None;
         }
         Some(id)
+    }
+
+    /// The windows of an answer's own wake words, once both its start and its wake words are known.
+    fn echo_windows(&mut self, id: u64) {
+        if let (Some(start), Some(said)) = (self.started.get(&id), self.said.get(&id)) {
+            if !said.is_empty() {
+                tracing::debug!("the answer says the wake word {} s in: ignored from the microphone then", said.iter().map(|d| format!("{:.1}", d.as_secs_f32())).collect::<Vec<_>>().join(", "));
+            }
+            self.echo.add(*start, said);
+        }
     }
 
     fn chime(&mut self, which: fn(&Sounds) -> &Option<Arc<Clip>>) {
@@ -130,6 +169,10 @@ impl Task {
         match r {
             Report::Started { id, at, device } => {
                 let Some((what, kind, ms)) = self.live.get(&id).cloned() else { return };
+                if kind == Kind::Answer {
+                    self.started.insert(id, at);
+                    self.echo_windows(id);
+                }
                 let late = at.saturating_duration_since(std::time::Instant::now());
                 tracing::info!(event = "playback_start", what = %what, kind = kind.as_str(), duration_ms = ms, device = %device,
                     "playing {what} ({ms} ms) on {device}, first sample in {} ms", late.as_millis());
@@ -137,6 +180,12 @@ impl Task {
             }
             Report::Ended { id, played_ms, reason } => {
                 let Some((what, kind, _)) = self.live.remove(&id) else { return };
+                self.started.remove(&id);
+                self.said.remove(&id);
+                if kind == Kind::Answer && reason != "done" {
+                    // Cut short: it will not say what it was going to.
+                    self.echo.clear();
+                }
                 tracing::info!(event = "playback_end", what = %what, kind = kind.as_str(), played_ms, reason = %reason, "played {played_ms} ms of {what}: {reason}");
                 self.reporter.emit(Event::PlaybackEnd { what, played_ms, reason });
             }
@@ -163,9 +212,7 @@ fn load(what: &str, bearer: Option<&str>, fetcher: Option<&Fetcher>) -> Result<C
 }
 
 async fn run(
-    output: Option<OutputConfig>,
-    sounds: Sounds,
-    fetcher: Option<Arc<Fetcher>>,
+    Setup { output, sounds, fetcher, echo, config }: Setup,
     reporter: Reporter,
     mut events: broadcast::Receiver<Event>,
     mut answers: mpsc::Receiver<Answer>,
@@ -180,7 +227,19 @@ async fn run(
         }
     });
     let (loaded_tx, mut loaded) = mpsc::channel::<Loaded>(ANSWERS_QUEUE);
-    let mut task = Task { output, sounds, reporter, next_id: 0, live: HashMap::new() };
+    let (analysed, mut analyses) = mpsc::unbounded_channel();
+    let mut task = Task {
+        output,
+        sounds,
+        reporter,
+        next_id: 0,
+        live: HashMap::new(),
+        echo,
+        config: Arc::new(config),
+        started: HashMap::new(),
+        said: HashMap::new(),
+        analysed,
+    };
     let load_off = |what: String, bearer: Option<String>, reply: Option<oneshot::Sender<Result<u64, String>>>| {
         let (fetcher, tx) = (fetcher.clone(), loaded_tx.clone());
         tokio::task::spawn_blocking(move || {
@@ -245,6 +304,12 @@ async fn run(
                 }
             },
             Some(r) = reports.recv() => task.report(r),
+            Some((id, found)) = analyses.recv() => {
+                if task.live.contains_key(&id) {
+                    task.said.insert(id, found);
+                    task.echo_windows(id);
+                }
+            }
         }
     }
 }

@@ -57,6 +57,10 @@ pub struct Start {
     pub reporter: Reporter,
     /// Wake words detected, for `status`.
     pub detections: Arc<AtomicU64>,
+    /// When a detection is the answer being played saying the wake word (see `playback::echo`).
+    pub echo: crate::playback::echo::Echo,
+    /// Detections ignored for that, for `status`.
+    pub suppressed: Arc<AtomicU64>,
     /// Sent the first frame's arrival (audio flows: the daemon may say it is ready).
     pub first_frame: oneshot::Sender<()>,
 }
@@ -74,8 +78,10 @@ pub struct Commands(crossbeam_channel::Sender<Command>);
 impl Listener {
     pub fn spawn(start: Start) -> Result<Listener, ListenerError> {
         let (tx, rx) = crossbeam_channel::bounded(COMMANDS_QUEUE);
-        let Start { config, detector, feed, requests, reporter, detections, first_frame } = start;
+        let Start { config, detector, feed, requests, reporter, detections, echo, suppressed, first_frame } = start;
         let mut side = Side::new(&config, detector, requests, reporter, detections);
+        side.echo = echo;
+        side.suppressed = suppressed;
         let thread = std::thread::Builder::new()
             .name("voxgate-detector".into())
             .spawn(move || side.run(feed, rx, first_frame))
@@ -198,6 +204,8 @@ struct Side {
     last_seq: Option<u64>,
     /// Wake words detected, for `status`.
     detections: Arc<AtomicU64>,
+    echo: crate::playback::echo::Echo,
+    suppressed: Arc<AtomicU64>,
 }
 
 impl Side {
@@ -219,6 +227,8 @@ impl Side {
             muted: false,
             last_seq: None,
             detections,
+            echo: Default::default(),
+            suppressed: Default::default(),
         };
         side.configure(config);
         side
@@ -311,6 +321,14 @@ impl Side {
             Some(det) => {
                 let Some(d) = det.push(frame) else { return };
                 self.detections.fetch_add(1, Ordering::Relaxed);
+                if self.echo.covers(std::time::Instant::now()) {
+                    // The answer being played says the wake word now: not the user.
+                    self.suppressed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(event = "wake", wakeword = %d.wakeword, score = d.score, t_ms = d.t_ms, acted_on = false,
+                        "wake word {} at {:.2} s (score {:.2}) ignored: the answer being played says it", d.wakeword, d.t_ms as f64 / 1000.0, d.score);
+                    self.reporter.emit(Event::Wake { wakeword: d.wakeword.clone(), score: d.score, t_ms: d.t_ms, acted_on: false });
+                    return;
+                }
                 let session = uuid::Uuid::new_v4().to_string();
                 // Every detection opens a session (there is none while the detector rests), and is its first line.
                 tracing::info_span!("session", session = %session).in_scope(|| {
@@ -590,6 +608,8 @@ mod handle_tests {
             requests,
             reporter,
             detections: Arc::new(AtomicU64::new(0)),
+            echo: Default::default(),
+            suppressed: Default::default(),
             first_frame: oneshot::channel().0,
         };
         (Listener::spawn(start).unwrap(), frames_tx, requests_rx)

@@ -133,3 +133,56 @@ fn chimes_on_the_wake_word_and_at_the_end_leave_the_sessions_unchanged() {
     let e = find_samples(&heard, &end).expect("the end chime");
     assert!(w < e, "the wake chime before the end chime");
 }
+
+/// Not waking on its own voice: an answer that says "hey jarvis", heard back by the microphone, opens no
+/// session (the detection is counted as the answer's own); the user saying it over the answer stops the answer
+/// and opens a session.
+#[test]
+fn the_answer_saying_the_wake_word_does_not_wake_it_but_the_user_does() {
+    let fixtures = crate::support::fixtures();
+    let (_, own) = crate::support::read_wav(&fixtures.join("stream-en-us_m1.wav"));
+    let (_, other) = crate::support::read_wav(&fixtures.join("stream-en-gb_f3.wav"));
+    // The answer: 8 s that say "hey jarvis" at 0.7 s, then a command, then the decoy "hey travis".
+    let answer: Vec<i16> = own[..8 * 16000].to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("answer.wav");
+    write_wav(&wav, 16000, &answer);
+    // Played at real time, so that it is still playing when the microphone hears it back.
+    let speaker = FakeSpeaker::new(Some(32000));
+    let alsa = speaker.alsa_config(None).display().to_string();
+    let config = format!(
+        "{}\n[playback]\ndevice = \"alsa:fakespk\"\n",
+        config_text("ws://127.0.0.1:9/", "info").replace("mode = \"manual\"", "mode = \"wakeword\"")
+    );
+    let d = TestDaemon::spawn(&config, true, &[("ALSA_CONFIG_PATH", alsa.as_str())]);
+    let mut events = d.connect();
+    assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
+    let feeder = d.feeder.as_ref().unwrap();
+
+    // The answer alone, heard back: its wake word is ignored.
+    assert_eq!(d.connect().call(json!({"cmd": "say", "what": wav.to_str().unwrap()}))["ok"], true);
+    events.event(is("playback_start"));
+    feeder.play(&answer);
+    let wake = events.event(|e| e["event"] == "wake" || e["event"] == "session_start");
+    assert_eq!((wake["event"].as_str(), wake["acted_on"].as_bool()), (Some("wake"), Some(false)), "{wake}");
+    let end = events.event(|e| e["event"] == "playback_end" || e["event"] == "session_start");
+    assert_eq!((end["event"].as_str(), end["reason"].as_str()), (Some("playback_end"), Some("done")), "{end}");
+    assert_eq!(d.status()["counters"]["wake_suppressed"], 1);
+
+    // The same answer heard back, and the user's own "hey jarvis" over it at 4.2 s (where the answer is quiet).
+    let mut mixed = answer.clone();
+    let theirs = &other[700 * 16..1700 * 16];
+    for (m, t) in mixed[4200 * 16..].iter_mut().zip(theirs) {
+        *m = m.saturating_add(*t);
+    }
+    assert_eq!(d.connect().call(json!({"cmd": "say", "what": wav.to_str().unwrap()}))["ok"], true);
+    events.event(is("playback_start"));
+    feeder.play(&mixed);
+    let first = events.event(is("wake"));
+    assert_eq!(first["acted_on"], false, "{first}");
+    let second = events.event(is("wake"));
+    assert_eq!(second["acted_on"], true, "{second}");
+    events.event(is("session_start"));
+    let end = events.event(is("playback_end"));
+    assert_eq!(end["reason"], "barge-in", "{end}");
+}

@@ -182,6 +182,13 @@ impl FakeSpeaker {
         // Opened for reading and writing, the FIFO never reports an end between clips (each opens the device
         // afresh), and what a clip writes is never lost in a reopening.
         let mut f = File::options().read(true).write(true).open(&fifo).unwrap();
+        if bytes_per_second.is_some() {
+            // A real device holds a few tens of milliseconds, not the pipe's 64 KiB: at real time, the one page
+            // the pipe can be shrunk to.
+            use std::os::fd::AsRawFd;
+            // SAFETY: fcntl on a descriptor we own.
+            assert!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) } >= 0);
+        }
         let reader = std::thread::spawn(move || {
             let ticks = bytes_per_second.map(|_| crossbeam_channel::tick(Duration::from_millis(20)));
             let chunk = bytes_per_second.map(|b| (b / 50).max(2)).unwrap_or(64 * 1024);
@@ -311,9 +318,11 @@ pub fn serve_child() -> ServeChild {
 /// Longest any single step may take before the test gives up (a deadline, not a wait).
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Feeds the daemon's stdin with quiet noise at real time, 20 ms at a time, until dropped; can be paused.
+/// Feeds the daemon's stdin with quiet noise at real time, 20 ms at a time, until dropped; can be paused, and
+/// can be given audio to feed instead of the noise ([`Feeder::play`]).
 pub struct Feeder {
     pub paused: Arc<AtomicBool>,
+    queued: Arc<Mutex<std::collections::VecDeque<i16>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -322,19 +331,32 @@ impl Feeder {
     fn new(mut stdin: ChildStdin) -> Feeder {
         let paused = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (paused.clone(), stop.clone());
+        let queued: Arc<Mutex<std::collections::VecDeque<i16>>> = Arc::default();
+        let (p, s, q) = (paused.clone(), stop.clone(), queued.clone());
         let thread = std::thread::spawn(move || {
             // Real-time pacing stands in for a microphone's clock.
             let tick = crossbeam_channel::tick(Duration::from_millis(20));
-            let frame: Vec<u8> = noise(320, 7).iter().flat_map(|s| (s / 200).to_le_bytes()).collect();
+            let quiet: Vec<i16> = noise(320, 7).iter().map(|s| s / 200).collect();
             while !s.load(Ordering::Relaxed) {
                 let _ = tick.recv();
+                let frame: Vec<u8> = {
+                    let mut q = q.lock().unwrap();
+                    let n = q.len().min(320);
+                    let mut f: Vec<i16> = q.drain(..n).collect();
+                    f.extend_from_slice(&quiet[n..]);
+                    f.iter().flat_map(|s| s.to_le_bytes()).collect()
+                };
                 if !p.load(Ordering::Relaxed) && stdin.write_all(&frame).is_err() {
                     return;
                 }
             }
         });
-        Feeder { paused, stop, thread: Some(thread) }
+        Feeder { paused, queued, stop, thread: Some(thread) }
+    }
+
+    /// Feeds these samples next, at real time, then the noise again.
+    pub fn play(&self, samples: &[i16]) {
+        self.queued.lock().unwrap().extend(samples);
     }
 }
 
