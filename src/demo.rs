@@ -52,7 +52,7 @@ pub fn run(file: Option<&Path>, out: &mut dyn Write) -> Result<Outcome, DemoErro
         let url = format!("ws://{}/", listener.local_addr()?);
         let stop_server = CancellationToken::new();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-        let server = tokio::spawn(serve::serve(listener, Some(dir.clone()), stop_server.clone(), Some(done_tx)));
+        let server = tokio::spawn(serve::serve(listener, Some(dir.clone()), stop_server.clone(), Some(done_tx), None));
         let mut config = Config::default();
         config.audio.source = SourceSpec::File(wav.clone());
         config.audio.file_pacing = FilePacing::Fast;

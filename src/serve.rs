@@ -7,6 +7,7 @@
 //! run it in process.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -36,12 +37,29 @@ pub struct Record {
     pub wav: Option<PathBuf>,
 }
 
-/// Accepts connections until `shutdown`; reports each finished session on `done` if given.
+/// A `say` message carrying `clip`: `{"type":"say","format":"s16le","sample_rate":…,"pcm":<bin>}`.
+pub fn say(clip: &crate::playback::Clip) -> Vec<u8> {
+    let pcm: Vec<u8> = clip.samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let map = rmpv::Value::Map(vec![
+        ("type".into(), "say".into()),
+        ("format".into(), "s16le".into()),
+        ("sample_rate".into(), rmpv::Value::from(clip.rate)),
+        ("pcm".into(), rmpv::Value::Binary(pcm)),
+    ]);
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut out, &map);
+    out
+}
+
+/// Accepts connections until `shutdown`; reports each finished session on `done` if given. With `answer`, each
+/// session's `final` is preceded by a `say` carrying that audio.
 pub async fn serve(
     listener: TcpListener,
     record_dir: Option<PathBuf>,
     shutdown: CancellationToken,
     done: Option<tokio::sync::mpsc::UnboundedSender<Record>>,
+    answer: Option<Arc<crate::playback::Clip>>,
 ) {
     let tracker = TaskTracker::new();
     loop {
@@ -55,10 +73,10 @@ pub async fn serve(
                 }
             },
         };
-        let (dir, done, stop) = (record_dir.clone(), done.clone(), shutdown.clone());
+        let (dir, done, stop, answer) = (record_dir.clone(), done.clone(), shutdown.clone(), answer.clone());
         tracker.spawn(async move {
             tokio::select! {
-                r = session(tcp, dir.as_deref()) => match r {
+                r = session(tcp, dir.as_deref(), answer.as_deref()) => match r {
                     Ok(record) => {
                         tracing::info!(session = %record.session, "session from {peer}: {} frames, {} gaps", record.frames, record.gaps.len());
                         if let Some(d) = done { let _ = d.send(record); }
@@ -121,7 +139,7 @@ impl Recorder {
     }
 }
 
-async fn session(tcp: TcpStream, dir: Option<&Path>) -> Result<Record, ServeError> {
+async fn session(tcp: TcpStream, dir: Option<&Path>, answer: Option<&crate::playback::Clip>) -> Result<Record, ServeError> {
     let _ = tcp.set_nodelay(true);
     let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config())).await?;
     let mut record = Record::default();
@@ -166,6 +184,9 @@ async fn session(tcp: TcpStream, dir: Option<&Path>) -> Result<Record, ServeErro
             }
             Ok(ClientMessage::End { .. }) => {
                 record.end = msgpack_to_json(&bytes).ok();
+                if let Some(clip) = answer {
+                    ws.send(Message::Binary(Bytes::from(say(clip)))).await?;
+                }
                 ws.send(reply(serde_json::json!({
                     "type": "final",
                     "text": format!("(heard {:.1} s of speech in {:.1} s of audio)", record.speech_ms as f64 / 1000.0, record.audio_ms as f64 / 1000.0),

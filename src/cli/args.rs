@@ -71,6 +71,9 @@ pub enum Command {
         /// Write <session>.wav and <session>.json here.
         #[arg(long, value_name = "DIR")]
         record_dir: Option<PathBuf>,
+        /// Answer each session with this sound (WAV, FLAC or MP3) in a `say` message before the `final`.
+        #[arg(long, value_name = "FILE")]
+        reply_wav: Option<PathBuf>,
     },
     /// Show the running daemon's state and counters.
     Status(ClientArgs),

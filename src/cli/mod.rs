@@ -55,7 +55,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::WakeTest { file, config, json } => tools::wake_test(&file, config.as_deref(), json),
         Command::Enroll { name, out, samples } => tools::enroll(&name, &out, &samples),
         Command::Record { out, config, seconds } => tools::record(&out, config.as_deref(), seconds),
-        Command::Serve { listen, record_dir } => serve::serve(&listen, record_dir),
+        Command::Serve { listen, record_dir, reply_wav } => serve::serve(&listen, record_dir, reply_wav.as_deref()),
         Command::Demo { file } => serve::demo(file.as_deref()),
         Command::Assets { dir } => tools::assets(&dir),
         Command::Status(a) => client::call(&a, Request::Status),

@@ -128,6 +128,38 @@ pub enum Reply {
     Final(serde_json::Value),
     /// A Home Assistant pipeline event.
     Pipeline(Kind, serde_json::Value),
+    /// voxgate/1 `say`: audio to play (the message as shown, and what to say).
+    Say(serde_json::Value, Say),
+}
+
+/// What a voxgate/1 `say` asks to be played.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Say {
+    /// `{"type":"say","url":"https://…/answer.mp3"}`
+    Url(String),
+    /// `{"type":"say","format":"s16le","sample_rate":22050,"pcm":<bin>}`
+    Pcm { rate: u32, samples: Vec<i16> },
+}
+
+/// The `say` in a MessagePack map, if it is one that can be played; a `say` that cannot is named.
+fn say_in(v: &rmpv::Value) -> Option<Result<Say, String>> {
+    let map = v.as_map()?;
+    let get = |k: &str| map.iter().find(|(key, _)| key.as_str() == Some(k)).map(|(_, v)| v);
+    if get("type").and_then(|t| t.as_str()) != Some("say") {
+        return None;
+    }
+    if let Some(url) = get("url").and_then(|u| u.as_str()) {
+        return Some(Ok(Say::Url(url.to_string())));
+    }
+    let format = get("format").and_then(|f| f.as_str());
+    let rate = get("sample_rate").and_then(|r| r.as_u64()).filter(|r| (8000..=48000).contains(r));
+    let pcm = get("pcm").and_then(|p| p.as_slice());
+    Some(match (format, rate, pcm) {
+        (Some("s16le"), Some(rate), Some(pcm)) if pcm.len() % 2 == 0 => {
+            Ok(Say::Pcm { rate: rate as u32, samples: pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect() })
+        }
+        _ => Err("a say needs a url, or format \"s16le\", a sample_rate of 8000-48000 and pcm of whole samples".into()),
+    })
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -204,6 +236,23 @@ impl Codec {
                 _ => Ok(Vec::new()),
             };
         }
+        if let (Protocol::Voxgate, Message::Binary(b)) = (self.protocol, msg) {
+            let mut rd = &b[..];
+            if let Ok(v) = rmpv::decode::read_value(&mut rd) {
+                match say_in(&v) {
+                    Some(Ok(say)) => {
+                        // Shown without its audio: the length stands for it.
+                        let mut shown = to_json(v);
+                        if let (Some(map), Say::Pcm { samples, .. }) = (shown.as_object_mut(), &say) {
+                            map.insert("pcm".into(), serde_json::json!({"bytes": samples.len() * 2}));
+                        }
+                        return Ok(vec![Reply::Say(shown, say)]);
+                    }
+                    Some(Err(e)) => tracing::warn!("the server's say cannot be played: {e}"),
+                    None => {}
+                }
+            }
+        }
         let value: serde_json::Value = match msg {
             Message::Binary(b) => msgpack_to_json(b).map_err(ReplyError::MsgPack)?,
             Message::Text(t) => serde_json::from_str(t.as_str()).map_err(|e| ReplyError::Json(e.to_string()))?,
@@ -218,6 +267,10 @@ impl Codec {
         Ok(vec![match (self.protocol, value.get("type").and_then(|t| t.as_str())) {
             (Protocol::Voxgate, Some("end")) => Reply::End(value),
             (Protocol::Voxgate, Some("final")) => Reply::Final(value),
+            (Protocol::Voxgate, Some("say")) if value.get("url").is_some_and(|u| u.is_string()) => {
+                let url = value["url"].as_str().unwrap_or_default().to_string();
+                Reply::Say(value, Say::Url(url))
+            }
             (Protocol::Vosk, _) if last => Reply::Final(value),
             _ => Reply::Message(value),
         }])

@@ -246,6 +246,15 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
                             (v, false)
                         }
                         Reply::Final(v) => (v, true),
+                        Reply::Say(v, say) => {
+                            reporter.answer(match say {
+                                super::protocol::Say::Url(url) => crate::playback::Answer::Url { url, bearer: None },
+                                super::protocol::Say::Pcm { rate, samples } => {
+                                    crate::playback::Answer::Pcm(crate::playback::Clip::new("the server's answer", rate, samples))
+                                }
+                            });
+                            (v, false)
+                        }
                         Reply::Pipeline(kind, v) => {
                             if kind == Kind::Error {
                                 *server_detail.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = ha::error_code(&v).map(ha::clip);

@@ -186,3 +186,42 @@ fn the_answer_saying_the_wake_word_does_not_wake_it_but_the_user_does() {
     let end = events.event(is("playback_end"));
     assert_eq!(end["reason"], "barge-in", "{end}");
 }
+
+/// voxgate/1: a server's `say` with audio (here `voxgate serve --reply-wav`) is played, bit for bit.
+#[test]
+fn a_voxgate_server_can_answer_with_audio() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("reply.wav");
+    let samples = tone(8000);
+    write_wav(&wav, 16000, &samples);
+    let mut server = crate::support::ChildGuard(
+        crate::support::voxgate()
+            .args(["serve", "--listen", "127.0.0.1:0", "--reply-wav"])
+            .arg(&wav)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(server.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    let speaker = FakeSpeaker::new(None);
+    let alsa = speaker.alsa_config(None).display().to_string();
+    // No end chime: the answer alone, so that it can be found whole.
+    let config = format!("{}\n[playback]\ndevice = \"alsa:fakespk\"\nend_sound = \"none\"\n", config_text(&url, "info"));
+    let d = TestDaemon::spawn(&config, true, &[("ALSA_CONFIG_PATH", alsa.as_str())]);
+    let mut events = d.connect();
+    assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
+    let mut ctl = d.connect();
+    assert_eq!(ctl.call(json!({"cmd": "trigger"}))["ok"], true);
+    events.event(|e| e["event"] == "state" && e["state"] == "streaming");
+    assert_eq!(ctl.call(json!({"cmd": "stop"}))["ok"], true);
+    let say = events.event(|e| e["event"] == "server_message" && e["message"]["type"] == "say");
+    assert_eq!((say["message"]["sample_rate"].as_u64(), say["message"]["pcm"]["bytes"].as_u64()), (Some(16000), Some(16000)), "{say}");
+    let start = events.event(|e| e["event"] == "playback_start" && e["kind"] == "answer");
+    assert_eq!(start["duration_ms"].as_u64(), Some(500), "{start}");
+    let heard = speaker.wait_until(|b| find_samples(b, &samples).is_some());
+    assert!(find_samples(&heard, &samples).is_some());
+}

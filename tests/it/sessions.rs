@@ -30,7 +30,7 @@ async fn reference_server() -> RefServer {
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
     let (tx, records) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(voxgate::serve::serve(listener, Some(dir.path().to_path_buf()), stop.clone(), Some(tx)));
+    tokio::spawn(voxgate::serve::serve(listener, Some(dir.path().to_path_buf()), stop.clone(), Some(tx), None));
     RefServer { url, dir, stop, records }
 }
 

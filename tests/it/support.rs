@@ -230,7 +230,11 @@ impl FakeSpeaker {
         let mut bytes = heard.lock().unwrap();
         while !want(&bytes) {
             let (b, timeout) = grew.wait_timeout(bytes, PATIENCE).unwrap();
-            assert!(!timeout.timed_out(), "the speaker did not play what was expected ({} bytes played)", b.len());
+            if timeout.timed_out() {
+                let kept = std::env::temp_dir().join(format!("voxgate-speaker-{}.raw", std::process::id()));
+                let _ = std::fs::write(&kept, &*b);
+                panic!("the speaker did not play what was expected ({} bytes played, kept in {})", b.len(), kept.display());
+            }
             bytes = b;
         }
         bytes.clone()
