@@ -34,6 +34,23 @@ pub fn devices() -> Result<(), CliError> {
             println!("    {:<4} {ch} ch  {}-{} Hz", c.format.to_string(), c.min_rate, c.max_rate);
         }
     }
+    // Output devices, for `playback.device`: a failure to list them does not hide the capture devices.
+    match crate::playback::output::list() {
+        Ok(outputs) => {
+            println!("\noutput devices (playback.device):");
+            if outputs.is_empty() {
+                println!("  none found");
+            }
+            for d in outputs {
+                let mark = if d.is_default { "  (default)" } else { "" };
+                println!("{}{mark}  {}", d.id, d.description);
+                for f in d.formats.iter().take(6) {
+                    println!("    {f}");
+                }
+            }
+        }
+        Err(e) => println!("\noutput devices: {e}"),
+    }
     Ok(())
 }
 

@@ -222,6 +222,42 @@ impl Player {
     }
 }
 
+/// An output device as `voxgate devices` shows it.
+pub struct OutputInfo {
+    pub id: String,
+    pub description: String,
+    pub is_default: bool,
+    /// "i16 1-2 ch 8000-48000 Hz", one per format range.
+    pub formats: Vec<String>,
+}
+
+/// The output devices of the default host.
+pub fn list() -> Result<Vec<OutputInfo>, String> {
+    let host = cpal::default_host();
+    let default_id = host.default_output_device().and_then(|d| d.id().ok());
+    let devices = host.output_devices().map_err(|e| format!("cannot list output devices: {e}"))?;
+    let mut out: Vec<OutputInfo> = devices
+        .filter_map(|d| {
+            let id = d.id().ok()?;
+            let description = d.description().map(|x| x.name().to_string()).unwrap_or_default();
+            // One line per sample format voxgate plays: its channels and rates.
+            let ranges: Vec<_> = d.supported_output_configs().map(|c| c.collect()).unwrap_or_else(|_| Vec::new());
+            let formats = [SampleFormat::I16, SampleFormat::I32, SampleFormat::F32]
+                .iter()
+                .filter_map(|f| {
+                    let of: Vec<&cpal::SupportedStreamConfigRange> = ranges.iter().filter(|r| r.sample_format() == *f).collect();
+                    let ch = (of.iter().map(|r| r.channels()).min()?, of.iter().map(|r| r.channels()).max()?);
+                    let hz = (of.iter().map(|r| r.min_sample_rate()).min()?, of.iter().map(|r| r.max_sample_rate()).max()?);
+                    Some(format!("{f:<4} {}-{} ch  {}-{} Hz", ch.0, ch.1, hz.0, hz.1))
+                })
+                .collect();
+            Some(OutputInfo { is_default: Some(&id) == default_id.as_ref(), id: id.to_string(), description, formats })
+        })
+        .collect();
+    out.dedup_by(|a, b| a.id == b.id);
+    Ok(out)
+}
+
 fn find(name: &str) -> Result<cpal::Device, String> {
     let host = cpal::default_host();
     if name == "default" {

@@ -138,5 +138,13 @@ fn devices_lists_the_fake_mic_and_the_default() {
     let text = String::from_utf8_lossy(&out.stdout);
     let fake = text.lines().position(|l| l.starts_with("alsa:fakemic") && l.contains("fake microphone")).expect(&text);
     assert!(text.lines().nth(fake + 1).is_some_and(|l| l.trim_start().starts_with("i16") && l.contains("ch")), "{text}");
-    assert_eq!(text.lines().filter(|l| l.contains("(default)")).count(), 1, "{text}");
+    // Output devices follow, for playback.device: the fake speaker among them.
+    let speaker = crate::support::FakeSpeaker::new(None);
+    let out = voxgate().arg("devices").env("ALSA_CONFIG_PATH", speaker.alsa_config(Some(&mic))).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (capture, outputs) = text.split_once("output devices (playback.device):").expect(&text);
+    assert!(capture.contains("alsa:fakemic"), "{text}");
+    assert_eq!(capture.lines().filter(|l| l.contains("(default)")).count(), 1, "{text}");
+    let spk = outputs.lines().position(|l| l.starts_with("alsa:fakespk") && l.contains("fake speaker")).expect(&text);
+    assert!(outputs.lines().nth(spk + 1).is_some_and(|l| l.trim_start().starts_with("i16") && l.contains("Hz")), "{text}");
 }
