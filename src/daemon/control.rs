@@ -209,17 +209,26 @@ impl Controller {
         // 1. Prepare everything that can fail, off the runtime: files are read, models loaded, a source opened.
         let audio_changed = new.audio != self.config.audio;
         let detector_changed = audio_changed || new.wake != self.config.wake || new.session.preroll_ms != self.config.session.preroll_ms;
+        // The speaker listens to answers with the wake-word detector too, and fetches with the session's CA.
+        let playback_changed = detector_changed || new.playback != self.config.playback || new.session.ca_file != self.config.session.ca_file;
         let prepared = {
             let new = new.clone();
             tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
                 let params = Params::new(&new)?;
                 let detector = if detector_changed { Some(super::build_detector(&new)?) } else { None };
+                let playback = if playback_changed {
+                    let sounds = crate::playback::Sounds::load(&new.playback).map_err(ReloadError::Config)?;
+                    let fetcher = crate::playback::fetch::Fetcher::new(&new.session.ca_file).map_err(|e| ReloadError::Config(e.to_string()))?;
+                    Some((sounds, fetcher))
+                } else {
+                    None
+                };
                 let source = if audio_changed { Some(audio::start(&new.audio, SystemClock::shared())?) } else { None };
-                Ok((params, detector, source))
+                Ok((params, detector, playback, source))
             })
             .await??
         };
-        let (params, detector, source) = prepared;
+        let (params, detector, playback, source) = prepared;
         let level = match (&self.log, new.log.level != self.config.log.level) {
             (Some(log), true) => Some(log.parse_level(&new.log.level).map_err(ReloadError::LogLevel)?),
             _ => None,
@@ -228,6 +237,11 @@ impl Controller {
         let setup = Setup { config: new.clone(), detector, feed: source.as_ref().map(|s| s.feed()) };
         self.listener.reconfigure(setup).await?;
         self.commands.send(Command::Reconfigure(Box::new(params))).await.map_err(|_| ReloadError::ShuttingDown)?;
+        if let Some((sounds, fetcher)) = playback {
+            let output = super::output_config(&new);
+            let setup = crate::playback::speaker::Setup { output, sounds, fetcher: Some(std::sync::Arc::new(fetcher)), echo: Default::default(), config: new.clone() };
+            self.speaker.reconfigure(setup).await;
+        }
         if let (Some(log), Some(level)) = (&self.log, level) {
             log.set_filter(level);
         }

@@ -26,6 +26,9 @@ pub enum Request {
     /// Play a file or an http(s) URL; answered with its length once it starts, or why it cannot.
     Say { what: String, reply: oneshot::Sender<Result<u64, String>> },
     Stop,
+    /// Use these from now on (a reload): what plays is stopped, the output reopened. The echo of the setup is
+    /// ignored: the detector thread keeps the one it has.
+    Reconfigure(Box<Setup>),
 }
 
 /// The handle the daemon keeps.
@@ -43,6 +46,10 @@ impl Speaker {
 
     pub async fn stop(&self) {
         let _ = self.requests.send(Request::Stop).await;
+    }
+
+    pub async fn reconfigure(&self, setup: Setup) {
+        let _ = self.requests.send(Request::Reconfigure(Box::new(setup))).await;
     }
 }
 
@@ -219,7 +226,8 @@ async fn run(
     mut requests: mpsc::Receiver<Request>,
 ) {
     let (reports_tx, mut reports) = mpsc::unbounded_channel();
-    let output = output.and_then(|c| match Output::spawn(c, reports_tx) {
+    let mut fetcher = fetcher;
+    let output = output.and_then(|c| match Output::spawn(c, reports_tx.clone()) {
         Ok(o) => Some(o),
         Err(e) => {
             tracing::error!("cannot start the playback thread: {e}; nothing will be played");
@@ -240,7 +248,7 @@ async fn run(
         said: HashMap::new(),
         analysed,
     };
-    let load_off = |what: String, bearer: Option<String>, reply: Option<oneshot::Sender<Result<u64, String>>>| {
+    let load_off = |fetcher: &Option<Arc<Fetcher>>, what: String, bearer: Option<String>, reply: Option<oneshot::Sender<Result<u64, String>>>| {
         let (fetcher, tx) = (fetcher.clone(), loaded_tx.clone());
         tokio::task::spawn_blocking(move || {
             let clip = load(&what, bearer.as_deref(), fetcher.as_deref());
@@ -264,7 +272,7 @@ async fn run(
             a = answers.recv() => match a {
                 Some(Answer::Url { url, bearer }) => {
                     if task.output.is_some() && !task.muted() {
-                        load_off(url, bearer.map(|t| t.expose().to_string()), None);
+                        load_off(&fetcher, url, bearer.map(|t| t.expose().to_string()), None);
                     }
                 }
                 Some(Answer::Pcm(clip)) => {
@@ -280,10 +288,18 @@ async fn run(
                     } else if task.muted() {
                         let _ = reply.send(Err("muted: unmute first".into()));
                     } else {
-                        load_off(what, None, Some(reply));
+                        load_off(&fetcher, what, None, Some(reply));
                     }
                 }
                 Some(Request::Stop) => task.stop(None, "stopped"),
+                Some(Request::Reconfigure(setup)) => {
+                    task.stop(None, "reconfigured");
+                    // The old thread ends when its handle goes; what it reports until then is for clips that ended.
+                    task.output = setup.output.and_then(|c| Output::spawn(c, reports_tx.clone()).map_err(|e| tracing::error!("cannot start the playback thread: {e}")).ok());
+                    task.sounds = setup.sounds;
+                    task.config = Arc::new(setup.config);
+                    fetcher = setup.fetcher;
+                }
                 None => return,
             },
             Some((clip, reply)) = loaded.recv() => match clip {

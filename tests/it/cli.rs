@@ -66,11 +66,12 @@ fn unusable_files_are_configuration_errors_for_check_config_and_run() {
     std::fs::write(&not_pem, "not a certificate").unwrap();
     let model = dir.path().join("model.rpw");
     std::fs::write(&model, "not a model").unwrap();
-    let cases: [(&str, String, &str); 4] = [
+    let cases: [(&str, String, &str); 5] = [
         ("VOXGATE_AUDIO__SOURCE", format!("file:{}", not_wav.display()), "audio.source"),
         ("VOXGATE_SESSION__TOKEN_FILE", token.display().to_string(), "session.token_file"),
         ("VOXGATE_SESSION__CA_FILE", not_pem.display().to_string(), "session.ca_file"),
         ("VOXGATE_WAKE__MODELS", model.display().to_string(), "wake.models"),
+        ("VOXGATE_PLAYBACK__WAKE_SOUND", not_wav.display().to_string(), "playback.wake_sound"),
     ];
     for (var, value, key) in &cases {
         for cmd in ["check-config", "run"] {

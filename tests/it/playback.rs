@@ -225,3 +225,30 @@ fn a_voxgate_server_can_answer_with_audio() {
     let heard = speaker.wait_until(|b| find_samples(b, &samples).is_some());
     assert!(find_samples(&heard, &samples).is_some());
 }
+
+/// A reload applies `[playback]`: playback switched on, and a bad sound file refused with nothing changed.
+#[test]
+fn a_reload_switches_playback_on_and_refuses_a_bad_sound() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("tone.wav");
+    let samples = tone(4000);
+    write_wav(&wav, 16000, &samples);
+    let speaker = FakeSpeaker::new(None);
+    let alsa = speaker.alsa_config(None).display().to_string();
+    let base = config_text("ws://127.0.0.1:9/", "info");
+    let d = TestDaemon::spawn(&format!("{base}\n[playback]\ndevice = \"none\"\n"), true, &[("ALSA_CONFIG_PATH", alsa.as_str())]);
+    let mut ctl = d.connect();
+    let off = ctl.call(json!({"cmd": "say", "what": wav.to_str().unwrap()}));
+    assert!(off["error"].as_str().unwrap_or_default().contains("playback is off"), "{off}");
+    std::fs::write(&d.config, format!("{base}\n[playback]\ndevice = \"alsa:fakespk\"\n")).unwrap();
+    let reload = ctl.call(json!({"cmd": "reload"}));
+    assert_eq!(reload["changed"], json!(["playback.device"]), "{reload}");
+    assert_eq!(ctl.call(json!({"cmd": "say", "what": wav.to_str().unwrap()}))["ok"], true);
+    speaker.wait_until(|b| find_samples(b, &samples).is_some());
+    let notes = dir.path().join("notes.wav");
+    std::fs::write(&notes, "not a sound").unwrap();
+    std::fs::write(&d.config, format!("{base}\n[playback]\ndevice = \"alsa:fakespk\"\nwake_sound = \"{}\"\n", notes.display())).unwrap();
+    let refused = ctl.call(json!({"cmd": "reload"}));
+    assert!(refused["ok"] == false && refused["error"].as_str().unwrap().contains("playback.wake_sound"), "{refused}");
+    assert_eq!(ctl.call(json!({"cmd": "say", "what": wav.to_str().unwrap()}))["ok"], true, "still playing after a refused reload");
+}
