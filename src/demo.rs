@@ -58,6 +58,8 @@ pub fn run(file: Option<&Path>, out: &mut dyn Write) -> Result<Outcome, DemoErro
         config.audio.file_pacing = FilePacing::Fast;
         config.session.url = url.clone();
         config.control.socket = Default::default();
+        // As fast as it goes: chimes would be a burst of noise, and most demo machines have no speaker.
+        config.playback.device = "none".into();
         let shown = file.map(|p| p.display().to_string()).unwrap_or_else(|| "the bundled recording".into());
         writeln!(
             out,
