@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Wake word → first audio at Home Assistant, and each frame's latency to it, at real time.
+"""Wake word → first audio at Home Assistant, and each frame's latency to it, at real time; and the sounds:
+wake word → first sample of the wake chime at the device, tts-end → first sample of the answer at the device.
 
     bench.py VOXGATE_BINARY [CYCLES]
 
@@ -9,7 +10,9 @@ stream (wake word "hey jarvis", a command, quiet), so that each cycle is one pip
 ignores a second wake-up of the same phrase within 2 s). Every frame carries its own number in the lowest
 bit of its first 24 samples, so a chunk Home Assistant read tells which frame it is. Home Assistant's probe
 notes when the pipeline read each chunk; the daemon's log gives when it detected each wake word. Both clocks
-are this machine's wall clock. Prints one line per run and a summary.
+are this machine's wall clock. The daemon plays through ALSA's file plugin into /dev/null (a device with no
+clock of its own), and logs when the first sample of each sound went to it. Prints one line per run and a
+summary.
 """
 import json
 import os
@@ -59,6 +62,10 @@ def main():
     token = os.path.join(work, "token")
     with open(token, "w") as f:
         f.write(ready["token"] + "\n")
+    alsa = os.path.join(work, "asound.conf")
+    with open(alsa, "w") as f:
+        f.write('pcm.fakespk {\n type file\n slave.pcm { type null }\n file "/dev/null"\n format "raw"\n'
+                ' hint { show on description "fake speaker" }\n}\n')
     config = os.path.join(work, "voxgate.toml")
     with open(config, "w") as f:
         f.write(f"""[audio]
@@ -68,13 +75,15 @@ url = "{ready['url']}"
 protocol = "homeassistant"
 token_file = "{token}"
 drain_timeout_ms = 10000
+[playback]
+device = "alsa:fakespk"
 [control]
 socket = ""
 [log]
 format = "text"
 """)
     daemon = subprocess.Popen([binary, "run", "--config", config], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=False, env={**os.environ, "NO_COLOR": "1"})
+                              text=False, env={**os.environ, "NO_COLOR": "1", "ALSA_CONFIG_PATH": alsa})
     log = []
     reader = threading.Thread(target=lambda: log.extend(daemon.stderr), daemon=True)
     reader.start()
@@ -100,12 +109,20 @@ format = "text"
     harness.stdin.close()
     harness.wait()
 
-    wakes = []
+    wakes, chimes, tts_ends, answers = [], [], [], []
+    first_in = re.compile(r"first sample in (\d+) ms")
     for raw in log:
         line = raw.decode(errors="replace")
+        if not line[:4].isdigit():
+            continue
+        ts = datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
         if "event=\"wake\"" in line:
-            ts = datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
             wakes.append(ts)
+        elif "ha_event=\"tts-end\"" in line:
+            tts_ends.append(ts)
+        elif "event=\"playback_start\"" in line:
+            at = ts + int(first_in.search(line).group(1)) / 1000
+            (chimes if "wake chime" in line else answers if "kind=\"answer\"" in line else []).append(at)
     records = ready["records"]
     runs = sorted(int(m.group(1)) for f in os.listdir(records) if (m := re.match(r"run-(\d+)\.pcm$", f)))
     first_audio, live = [], []
@@ -129,6 +146,14 @@ format = "text"
           f"max {max(later):.1f} ms")
     print(f"live frames, write → read by Home Assistant: n={len(live)} p50 {pct(live, 50):.2f} ms, "
           f"p99 {pct(live, 99):.2f} ms, max {max(live):.2f} ms")
+    chime = [(c - w) * 1000 for w, c in zip(wakes, chimes)]
+    answer = [(a - t) * 1000 for t, a in zip(tts_ends, answers)]
+    if chime:
+        print(f"wake word → first sample of the wake chime at the device: n={len(chime)} p50 {pct(chime, 50):.1f} ms, "
+              f"max {max(chime):.1f} ms")
+    if answer:
+        print(f"tts-end → first sample of the answer at the device (fetched from Home Assistant, MP3 decoded): "
+              f"n={len(answer)} p50 {pct(answer, 50):.1f} ms, max {max(answer):.1f} ms")
 
 
 if __name__ == "__main__":
