@@ -170,6 +170,20 @@ impl Framer {
     }
 }
 
+/// A whole mono recording at another rate, cut into frames of `frame_len` (the last one padded with silence).
+pub fn resample_all(samples: &[i16], in_rate: u32, out_rate: u32, frame_len: usize) -> Result<Vec<Vec<i16>>, AudioError> {
+    let mut conv = Converter::new(1, in_rate, out_rate, frame_len)?;
+    let input: Vec<f32> = samples.iter().map(|s| *s as f32 / 32768.0).collect();
+    let mut frames = Vec::new();
+    let mut keep = |f: Vec<i16>| {
+        frames.push(f);
+        true
+    };
+    conv.push(&input, &mut keep);
+    conv.finish(&mut keep);
+    Ok(frames)
+}
+
 /// f32 in [-1, 1) to i16, rounding and clipping.
 pub fn to_i16(s: f32) -> i16 {
     (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16

@@ -56,17 +56,7 @@ pub fn wake_words_in(clip: &Clip, config: &Config) -> Result<Vec<Duration>, Stri
     let Some(mut det) = crate::daemon::build_detector(config).map_err(|e| e.to_string())? else { return Ok(Vec::new()) };
     let spec = FrameSpec::from_config(&config.audio);
     let frame_len = (spec.sample_rate * spec.frame_ms / 1000) as usize;
-    let mut conv = crate::audio::convert::Converter::new(1, clip.rate, spec.sample_rate, frame_len).map_err(|e| e.to_string())?;
-    let input: Vec<f32> = clip.samples.iter().map(|s| *s as f32 / 32768.0).collect();
-    let mut frames = Vec::new();
-    conv.push(&input, &mut |f| {
-        frames.push(f);
-        true
-    });
-    conv.finish(&mut |f| {
-        frames.push(f);
-        true
-    });
+    let mut frames = crate::audio::convert::resample_all(&clip.samples, clip.rate, spec.sample_rate, frame_len).map_err(|e| e.to_string())?;
     // A second of silence after it, so that a wake word at the very end is reported too.
     frames.extend(std::iter::repeat_n(vec![0; frame_len], (1000 / spec.frame_ms) as usize));
     let now = Instant::now();

@@ -298,17 +298,8 @@ fn prepare(clip: &Clip, rate: u32, channels: u16, volume: f32) -> Result<(Vec<i1
     let mono: Vec<i16> = if rate == clip.rate {
         clip.samples.to_vec()
     } else {
-        let mut conv = crate::audio::convert::Converter::new(1, clip.rate, rate, 1024).map_err(|e| e.to_string())?;
-        let input: Vec<f32> = clip.samples.iter().map(|s| *s as f32 / 32768.0).collect();
-        let mut out = Vec::new();
-        conv.push(&input, &mut |f| {
-            out.extend(f);
-            true
-        });
-        conv.finish(&mut |f| {
-            out.extend(f);
-            true
-        });
+        let mut out: Vec<i16> =
+            crate::audio::convert::resample_all(&clip.samples, clip.rate, rate, 1024).map_err(|e| e.to_string())?.concat();
         out.truncate((clip.samples.len() as u64 * rate as u64).div_ceil(clip.rate as u64) as usize);
         out
     };

@@ -130,7 +130,7 @@ enum Held {
 async fn hold(conn: Connected, requests: &mut mpsc::Receiver<Request>) -> Held {
     let mut conn = Some(conn);
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
-    let mut awaiting: Option<u64> = None;
+    let mut awaiting: Option<(u64, tokio::time::Instant)> = None;
     loop {
         let Some(c) = conn.as_mut() else { return Held::HandedOver };
         tokio::select! {
@@ -146,7 +146,8 @@ async fn hold(conn: Connected, requests: &mut mpsc::Receiver<Request>) -> Held {
             msg = c.ws.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap_or_default();
-                    if v.get("type").and_then(|t| t.as_str()) == Some("pong") && v.get("id").and_then(|i| i.as_u64()) == awaiting {
+                    if let Some((id, sent)) = awaiting.filter(|(id, _)| v.get("type").and_then(|t| t.as_str()) == Some("pong") && v.get("id").and_then(|i| i.as_u64()) == Some(*id)) {
+                        tracing::debug!("Home Assistant answered ping {id} in {} ms", sent.elapsed().as_millis());
                         awaiting = None;
                     }
                 }
@@ -165,7 +166,7 @@ async fn hold(conn: Connected, requests: &mut mpsc::Receiver<Request>) -> Held {
                 if let Err(e) = c.ws.send(Message::text(ping)).await {
                     return Held::Lost(e.to_string());
                 }
-                awaiting = Some(id);
+                awaiting = Some((id, tokio::time::Instant::now()));
             }
         }
     }
