@@ -294,8 +294,12 @@ async fn run(
                 Some(Request::Stop) => task.stop(None, "stopped"),
                 Some(Request::Reconfigure(setup)) => {
                     task.stop(None, "reconfigured");
-                    // The old thread ends when its handle goes; what it reports until then is for clips that ended.
-                    task.output = setup.output.and_then(|c| Output::spawn(c, reports_tx.clone()).map_err(|e| tracing::error!("cannot start the playback thread: {e}")).ok());
+                    // The old thread ends when its handle goes (joined off the runtime: it may be closing a device);
+                    // what it reports until then is for clips that ended.
+                    let new = setup.output.and_then(|c| Output::spawn(c, reports_tx.clone()).map_err(|e| tracing::error!("cannot start the playback thread: {e}")).ok());
+                    if let Some(old) = std::mem::replace(&mut task.output, new) {
+                        tokio::task::spawn_blocking(move || drop(old));
+                    }
                     task.sounds = setup.sounds;
                     task.config = Arc::new(setup.config);
                     fetcher = setup.fetcher;
