@@ -34,7 +34,7 @@ use voxgate::session::Reporter;
 use voxgate::session::connect::Params;
 use voxgate::session::run as client;
 use voxgate::session::protocol::ClientMessage;
-use voxgate::session::{EndReason, SessionQueue, SessionRequest, State, Trigger};
+use voxgate::session::{EndReason, SessionQueue, SessionRequest, Trigger};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -163,12 +163,14 @@ fn find(name: &str) -> Result<cpal::Device, DeviceError> {
     if name == "default" {
         return host.default_input_device().ok_or(DeviceError::NoDefault);
     }
+    by_id(&host, name).ok_or_else(|| DeviceError::NotFound(name.to_string()))
+}
+
+/// The device with this id: a full one ("alsa:hw:1,0"), or one without its host ("hw:1,0"). Capture and
+/// playback name devices the same way.
+pub fn by_id(host: &cpal::Host, name: &str) -> Option<cpal::Device> {
     let candidates = [name.to_string(), format!("{}:{name}", host.id().name().to_lowercase())];
-    candidates
-        .iter()
-        .filter_map(|c| c.parse::<cpal::DeviceId>().ok())
-        .find_map(|id| host.device_by_id(&id))
-        .ok_or_else(|| DeviceError::NotFound(name.to_string()))
+    candidates.iter().filter_map(|c| c.parse::<cpal::DeviceId>().ok()).find_map(|id| host.device_by_id(&id))
 }
 
 /// Picks the capture format: the target rate, mono and 16-bit when offered; otherwise what the device offers

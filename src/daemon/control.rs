@@ -218,7 +218,12 @@ impl Controller {
                 let detector = if detector_changed { Some(super::build_detector(&new)?) } else { None };
                 let playback = if playback_changed {
                     let sounds = crate::playback::Sounds::load(&new.playback).map_err(ReloadError::Config)?;
-                    let fetcher = crate::playback::fetch::Fetcher::new(&new.session.ca_file).map_err(|e| ReloadError::Config(e.to_string()))?;
+                    let fetcher = match super::output_config(&new) {
+                        Some(_) => Some(std::sync::Arc::new(
+                            crate::playback::fetch::Fetcher::new(&new.session.ca_file).map_err(|e| ReloadError::Config(e.to_string()))?,
+                        )),
+                        None => None,
+                    };
                     Some((sounds, fetcher))
                 } else {
                     None
@@ -239,7 +244,7 @@ impl Controller {
         self.commands.send(Command::Reconfigure(Box::new(params))).await.map_err(|_| ReloadError::ShuttingDown)?;
         if let Some((sounds, fetcher)) = playback {
             let output = super::output_config(&new);
-            let setup = crate::playback::speaker::Setup { output, sounds, fetcher: Some(std::sync::Arc::new(fetcher)), echo: Default::default(), config: new.clone() };
+            let setup = crate::playback::speaker::Setup { output, sounds, fetcher, echo: Default::default(), config: new.clone() };
             self.speaker.reconfigure(setup).await;
         }
         if let (Some(log), Some(level)) = (&self.log, level) {

@@ -156,7 +156,7 @@ impl Daemon {
         let echo = crate::playback::echo::Echo::default();
         let suppressed = Arc::new(AtomicU64::new(0));
         let speaker = crate::playback::speaker::spawn(
-            crate::playback::speaker::Setup { output: output_config(&config), sounds, fetcher: Some(fetcher), echo: echo.clone(), config: config.clone() },
+            crate::playback::speaker::Setup { output: output_config(&config), sounds, fetcher, echo: echo.clone(), config: config.clone() },
             reporter.clone(),
             answers,
         );
@@ -291,8 +291,12 @@ pub fn prepare(config: &Config) -> Result<Prepared, Unusable> {
         audio::probe_wav(path).map_err(|e| Unusable(format!("audio.source: {e}")))?;
     }
     let sounds = crate::playback::Sounds::load(&config.playback).map_err(Unusable)?;
-    let fetcher = crate::playback::fetch::Fetcher::new(&config.session.ca_file).map_err(|e| Unusable(e.to_string()))?;
-    Ok(Prepared { params, detector, sounds, fetcher: Arc::new(fetcher) })
+    // The system's roots are read only when something may be fetched to play.
+    let fetcher = match output_config(config) {
+        Some(_) => Some(Arc::new(crate::playback::fetch::Fetcher::new(&config.session.ca_file).map_err(|e| Unusable(e.to_string()))?)),
+        None => None,
+    };
+    Ok(Prepared { params, detector, sounds, fetcher })
 }
 
 /// What [`prepare`] made.
@@ -300,7 +304,8 @@ pub struct Prepared {
     pub params: Params,
     pub detector: Option<Detector>,
     pub sounds: crate::playback::Sounds,
-    pub fetcher: Arc<crate::playback::fetch::Fetcher>,
+    /// None with `playback.device = "none"`.
+    pub fetcher: Option<Arc<crate::playback::fetch::Fetcher>>,
 }
 
 /// Where and how to play, from `[playback]`; none for `device = "none"`.

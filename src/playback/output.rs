@@ -263,12 +263,7 @@ fn find(name: &str) -> Result<cpal::Device, String> {
     if name == "default" {
         return host.default_output_device().ok_or_else(|| "no default output device".to_string());
     }
-    let candidates = [name.to_string(), format!("{}:{name}", host.id().name().to_lowercase())];
-    candidates
-        .iter()
-        .filter_map(|c| c.parse::<cpal::DeviceId>().ok())
-        .find_map(|id| host.device_by_id(&id))
-        .ok_or_else(|| format!("output device {name:?} not found (see `voxgate devices`)"))
+    crate::audio::device::by_id(&host, name).ok_or_else(|| format!("output device {name:?} not found (see `voxgate devices`)"))
 }
 
 /// The stream format for a clip: its own rate (or `rate`) with 16-bit samples and one channel when the device

@@ -190,11 +190,13 @@ impl Codec {
         Codec { protocol, handler: 0, run: 1 }
     }
 
-    /// The first message of voxgate/1 and vosk; Home Assistant's run command is `homeassistant::run_command`.
-    pub fn start(&self, msg: &ClientMessage, sample_rate: u32) -> Message {
+    /// The first message of voxgate/1 and vosk; none for Home Assistant, whose run command
+    /// (`homeassistant::run_command`) went before.
+    pub fn start(&self, msg: &ClientMessage, sample_rate: u32) -> Option<Message> {
         match self.protocol {
-            Protocol::Voxgate | Protocol::Homeassistant => Message::Binary(Bytes::from(msg.encode())),
-            Protocol::Vosk => Message::text(format!("{{\"config\": {{\"sample_rate\": {sample_rate}}}}}")),
+            Protocol::Voxgate => Some(Message::Binary(Bytes::from(msg.encode()))),
+            Protocol::Vosk => Some(Message::text(format!("{{\"config\": {{\"sample_rate\": {sample_rate}}}}}"))),
+            Protocol::Homeassistant => None,
         }
     }
 
@@ -317,7 +319,7 @@ mod tests {
     fn vosk_eof_is_the_literal_string() {
         let c = Codec::new(Protocol::Vosk);
         assert_eq!(c.end(EndReason::Silence, 1, 0).unwrap(), Message::text("{\"eof\" : 1}"));
-        assert_eq!(c.start(&ClientMessage::End { reason: EndReason::Silence, frames_sent: 0, frames_dropped: 0 }, 16000), Message::text("{\"config\": {\"sample_rate\": 16000}}"));
+        assert_eq!(c.start(&ClientMessage::End { reason: EndReason::Silence, frames_sent: 0, frames_dropped: 0 }, 16000).unwrap(), Message::text("{\"config\": {\"sample_rate\": 16000}}"));
         assert_eq!(c.audio(0, &[1, -1]), Message::Binary(Bytes::from(vec![1, 0, 255, 255])));
     }
 

@@ -124,7 +124,6 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     codec.run = run_id;
     if let Some(hp) = &p.ha {
         // The run: its answer and its `run-start` come before any audio, within the connect timeout.
-        ha::update(&reporter.homeassistant, |s| s.pipeline = hp.pipeline.clone());
         let begun = async {
             sink.send(ha::run_command(hp, run_id, pipeline.as_deref(), p.sample_rate, req.wakeword.as_deref()))
                 .await
@@ -163,8 +162,8 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         preroll_ms: req.preroll_ms,
         host: p.host.clone(),
     };
-    if p.ha.is_none() {
-        if let Err(e) = sink.send(codec.start(&start, p.sample_rate)).await {
+    if let Some(first) = codec.start(&start, p.sample_rate) {
+        if let Err(e) = sink.send(first).await {
             queue.finish(EndReason::Error);
             return summary(EndReason::Error, Some(format!("cannot send start to {url}: {e}")), 0, queue.len() as u64);
         }
