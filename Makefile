@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need first.
 CARGO ?= cargo
 
-.PHONY: all deps build release test demo bench interop interop-bench package system-test audio clean
+.PHONY: all deps build release test demo bench wake-bench wake-train interop interop-bench package system-test audio clean
 
 all: build
 
@@ -46,6 +46,21 @@ interop-bench: release
 bench: release
 	$(CARGO) bench --locked --bench wake
 	$(CARGO) bench --locked --bench session
+
+# The built-in wake words on real voices (docs/BENCHMARKS.md): the daemon's detector over streams made from the
+# recordings in ../shared/wake-data (or $VOXGATE_WAKE_DATA) it was not trained on. Needs espeak-ng and sox.
+WAKE_VENV ?= target/wake-venv
+WAKE_PY = $(WAKE_VENV)/bin/python
+$(WAKE_PY):
+	@scripts/deps.sh audio
+	python3 -m venv $(WAKE_VENV)
+	$(WAKE_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/wake/requirements.txt
+wake-bench: release $(WAKE_PY)
+	cd scripts/wake && ../../$(WAKE_PY) bench.py --binary ../../target/release/voxgate --sensitivity 0 0.25 0.5 0.75 1
+
+# Re-train the built-in wake word from the same recordings (the result, assets/wake/jarvis.rpw, is committed).
+wake-train: $(WAKE_PY)
+	cd scripts/wake && ../../$(WAKE_PY) train.py jarvis ../../assets/wake/jarvis.rpw
 
 # The Debian package (binary, unit, sysusers, configuration, man page, completions), checked by lintian.
 package: release

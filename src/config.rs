@@ -123,12 +123,48 @@ pub enum CaptureFormat {
     F32,
 }
 
+/// One entry of `wake.models`: `builtin:NAME` or the path of a .rpw file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum ModelRef {
+    Builtin(String),
+    File(PathBuf),
+}
+
+impl From<String> for ModelRef {
+    fn from(s: String) -> Self {
+        match s.strip_prefix("builtin:") {
+            Some(name) => ModelRef::Builtin(name.to_string()),
+            None => ModelRef::File(PathBuf::from(s)),
+        }
+    }
+}
+
+impl From<ModelRef> for String {
+    fn from(m: ModelRef) -> String {
+        m.to_string()
+    }
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelRef::Builtin(name) => write!(f, "builtin:{name}"),
+            ModelRef::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WakeConfig {
     pub mode: WakeMode,
-    /// .rpw files; empty = the built-in "hey_jarvis".
-    pub models: Vec<PathBuf>,
+    /// Built-in wake words (`builtin:jarvis`) and .rpw files; empty = `builtin:jarvis`.
+    pub models: Vec<ModelRef>,
+    /// The built-in wake words' one setting, 0 to 1: higher wakes more readily (fewer misses, more false
+    /// wakes). Their measured trade-off is in docs/BENCHMARKS.md.
+    pub sensitivity: f64,
+    /// The settings from here to `band_pass_high_hz` are for .rpw files (`voxgate enroll`'s and others').
     pub threshold: f64,
     pub refractory_ms: u64,
     /// How the scores against each sample of a wake word combine.
@@ -147,8 +183,6 @@ pub struct WakeConfig {
     pub band_pass: bool,
     pub band_pass_low_hz: u32,
     pub band_pass_high_hz: u32,
-    /// With the built-in wake word: discard detections that match confusable phrases ("hey travis") better.
-    pub builtin_reject: bool,
     /// Skip detection on silence and steady noise.
     pub gate: bool,
     /// How far above the noise floor a frame must be to open the gate (dB).
@@ -160,17 +194,17 @@ impl Default for WakeConfig {
         WakeConfig {
             mode: WakeMode::Wakeword,
             models: Vec::new(),
+            sensitivity: 0.5,
             threshold: 0.52,
             refractory_ms: 1000,
             score_mode: ScoreMode::P75,
-            avg_threshold: 0.35,
+            avg_threshold: 0.0,
             min_scores: 5,
             eager: false,
             gain_normalizer: false,
             band_pass: false,
             band_pass_low_hz: 80,
             band_pass_high_hz: 400,
-            builtin_reject: true,
             gate: true,
             gate_margin_db: 9.0,
         }
@@ -680,9 +714,17 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
     if !(3.0..=40.0).contains(&c.wake.gate_margin_db) {
         p.push(("wake.gate_margin_db", format!("{} is out of range (3 to 40)", c.wake.gate_margin_db)));
     }
+    if !(0.0..=1.0).contains(&c.wake.sensitivity) {
+        p.push(("wake.sensitivity", format!("{} is out of range (0 to 1)", c.wake.sensitivity)));
+    }
     for m in &c.wake.models {
-        if !m.is_file() {
-            p.push(("wake.models", format!("{} is not a file", m.display())));
+        match m {
+            ModelRef::File(path) if !path.is_file() => p.push(("wake.models", format!("{} is not a file", path.display()))),
+            ModelRef::Builtin(name) if crate::wake::builtin::find(name).is_none() => p.push((
+                "wake.models",
+                format!("there is no built-in wake word {name:?} (built-in: {})", crate::wake::builtin::names()),
+            )),
+            _ => {}
         }
     }
     match url::Url::parse(&s.url) {

@@ -86,16 +86,24 @@ pub fn wake_test(file: &Path, path: Option<&Path>, json: bool) -> Result<(), Cli
 
 pub fn enroll(name: &str, out: &Path, samples: &[PathBuf]) -> Result<(), CliError> {
     let _log = super::plain_log();
-    let reports = crate::wake::enroll::enroll(name, samples, out).context("cannot enroll")?;
-    for r in &reports {
+    let e = crate::wake::enroll::enroll(name, samples, out).context("cannot enroll")?;
+    for r in &e.samples {
         let score = r.score.map(|s| format!("scores {s:.2} against the others")).unwrap_or_default();
-        println!("{}: {} ms, {} ms after trimming, peak {:.0} dBFS {score}", r.path.display(), r.duration_ms, r.trimmed_ms, r.peak_dbfs);
+        println!("{}: {} ms, {} ms after trimming, peak {:.0} dBFS, {score}", r.path.display(), r.duration_ms, r.trimmed_ms, r.peak_dbfs);
     }
-    if let Some(low) = reports.iter().filter(|r| r.score.is_some_and(|s| s < 0.5)).map(|r| r.path.display().to_string()).reduce(|a, b| a + ", " + &b) {
-        println!("low scores ({low}): these samples are unlike the others; consider recording them again");
+    for w in &e.warnings {
+        println!("warning: {w}");
     }
-    if reports.len() < 3 {
-        println!("tip: 3 to 8 samples, in different tones and distances, make a more reliable wake word");
+    println!(
+        "expected detection rate: {:.0} % of new recordings like these (leave-one-out, at the default threshold {:.2})",
+        e.expected_rate * 100.0,
+        e.threshold
+    );
+    if let Some(t) = e.suggested_threshold {
+        println!("suggestion: wake.threshold = {t:.2} would catch every sample's leave-one-out score; or record more samples");
+    }
+    if e.samples.len() < 6 {
+        println!("tip: 6 to 10 samples, in different tones and at different distances, make a more reliable wake word");
     }
     println!("wrote wake word {name:?} to {}", out.display());
     Ok(())

@@ -105,7 +105,7 @@ pub struct SessionSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// `{"event":"wake","wakeword":"hey_jarvis","score":0.62,"t_ms":2440,"acted_on":true}`
+    /// `{"event":"wake","wakeword":"jarvis","score":0.62,"t_ms":2440,"acted_on":true}`
     Wake { wakeword: String, score: f32, t_ms: u64, acted_on: bool },
     /// `{"event":"session_start","session":"…","trigger":"wakeword","url":"ws://…","preroll_ms":2000}`
     SessionStart { session: String, trigger: Trigger, wakeword: Option<String>, url: String, preroll_ms: u64, t_ms: u64 },

@@ -12,7 +12,7 @@ use crate::config::Protocol;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
-    /// `{"type":"start","proto":1,"session":"5f0c…","trigger":"wakeword","wakeword":"hey_jarvis","score":0.71,
+    /// `{"type":"start","proto":1,"session":"5f0c…","trigger":"wakeword","wakeword":"jarvis","score":0.71,
     ///   "sample_rate":16000,"channels":1,"format":"s16le","frame_ms":20,"preroll_ms":2000,"host":"kitchen"}`
     Start {
         proto: u32,

@@ -15,9 +15,9 @@ const VAD_SAMPLES: usize = 256;
 const VAD_THRESHOLD: f32 = 0.5;
 /// Consecutive speech frames before speech counts as heard (a click is not speech).
 const SPEECH_FRAMES: u32 = 3;
-/// Pre-roll this close to the detection is after the wake word (detections come ~0.8-1 s after it): speech
-/// there means the user is already talking.
-const AFTER_WAKE_MS: u64 = 600;
+/// Speech this soon after the detection is the end of the wake word itself, not a command: the built-in wake
+/// words fire at the end of the phrase, up to ~150 ms before the last of it (docs/BENCHMARKS.md).
+const WAKE_TAIL_MS: u64 = 200;
 /// Without the VAD (rates other than 16 kHz), frames above this level count as speech.
 const ENERGY_SPEECH_DB: f32 = -45.0;
 
@@ -121,15 +121,11 @@ impl Segmenter {
         }
     }
 
-    /// Runs the pre-roll through the VAD; speech in its last `AFTER_WAKE_MS` counts as heard.
+    /// Runs the pre-roll through the VAD, so that it knows the audio before the detection; what it hears
+    /// there is the wake word, not counted.
     pub fn prime<'a>(&mut self, preroll: impl ExactSizeIterator<Item = &'a [i16]>) {
-        let n = preroll.len() as u64;
-        let recent_from = n.saturating_sub(AFTER_WAKE_MS / self.frame_ms);
-        for (i, pcm) in preroll.enumerate() {
-            let speech = self.speech.is_speech(pcm);
-            if i as u64 >= recent_from {
-                self.track(speech);
-            }
+        for pcm in preroll {
+            self.speech.is_speech(pcm);
         }
     }
 
@@ -149,7 +145,7 @@ impl Segmenter {
     /// Takes the next frame after the detection; returns why the session ends with it, if it does.
     pub fn push(&mut self, pcm: &[i16]) -> Option<EndReason> {
         self.frames += 1;
-        let speech = self.speech.is_speech(pcm);
+        let speech = self.speech.is_speech(pcm) && self.frames * self.frame_ms > WAKE_TAIL_MS;
         self.track(speech);
         if self.heard && self.silent_frames >= self.end_silence {
             Some(EndReason::Silence)
@@ -190,8 +186,9 @@ mod tests {
         // Nothing said: no_speech after exactly 1000 ms of frames.
         let mut s = Segmenter::new(&cfg(), 8000, 20);
         assert_eq!(run(&mut s, &quiet, 100), Some((50, EndReason::NoSpeech)));
-        // Speech, then silence: ends 400 ms into the silence.
+        // Speech (after the wake word's tail), then silence: ends 400 ms into the silence.
         let mut s = Segmenter::new(&cfg(), 8000, 20);
+        assert_eq!(run(&mut s, &quiet, 10), None);
         assert_eq!(run(&mut s, &loud(), 10), None);
         assert_eq!(run(&mut s, &quiet, 100), Some((20, EndReason::Silence)));
         // Talking on and on: max_duration at 3000 ms.
@@ -210,17 +207,20 @@ mod tests {
     }
 
     #[test]
-    fn speech_right_before_the_detection_counts() {
+    fn the_wake_word_and_its_tail_are_not_the_command() {
         let quiet = vec![0i16; 160];
+        // Loud up to the detection and for 200 ms after it: the wake word, so no speech yet.
         let mut s = Segmenter::new(&cfg(), 8000, 20);
-        let preroll: Vec<Vec<i16>> = (0..100).map(|i| if i >= 90 { loud() } else { quiet.clone() }).collect();
-        s.prime(preroll.iter().map(|p| p.as_slice()));
-        assert!(s.speech_heard());
-        assert_eq!(run(&mut s, &quiet, 100), Some((20, EndReason::Silence)));
-        // Speech long before the detection (the wake word itself) does not.
-        let mut s = Segmenter::new(&cfg(), 8000, 20);
-        let preroll: Vec<Vec<i16>> = (0..100).map(|i| if i < 50 { loud() } else { quiet.clone() }).collect();
+        let preroll: Vec<Vec<i16>> = (0..100).map(|i| if i >= 60 { loud() } else { quiet.clone() }).collect();
         s.prime(preroll.iter().map(|p| p.as_slice()));
         assert!(!s.speech_heard());
+        assert_eq!(run(&mut s, &loud(), 10), None);
+        assert!(!s.speech_heard());
+        assert_eq!(run(&mut s, &quiet, 100), Some((40, EndReason::NoSpeech)));
+        // Speech going on past the tail is the command.
+        let mut s = Segmenter::new(&cfg(), 8000, 20);
+        assert_eq!(run(&mut s, &loud(), 13), None);
+        assert!(s.speech_heard());
+        assert_eq!(run(&mut s, &quiet, 100), Some((20, EndReason::Silence)));
     }
 }

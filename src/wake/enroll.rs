@@ -1,15 +1,18 @@
 //! `voxgate enroll`: builds a wake word (`.rpw`) from the user's own recordings.
 //!
 //! Each sample is read through the same front end as live audio (any WAV format, converted to mono at the
-//! detector's rate), trimmed of leading and trailing silence, and checked for length and level. With three or
-//! more samples, each one is then scored against a wake word built from the others: a sample that scores low
-//! is unlike the rest (a different phrase, a cough, clipped) and is better re-recorded.
+//! detector's rate), trimmed of leading and trailing silence, and checked for length and level. Each one is
+//! then scored against a wake word built from the others (leave-one-out): the share that would be detected
+//! at the default threshold is what to expect from a new recording of the same voice, and a sample that
+//! scores low is unlike the rest (a different phrase, a cough) and is better re-recorded. A wake word that
+//! would miss one of its own samples with the default settings is never written.
 
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use rustpotter::{RustpotterConfig, SampleFormat, WakewordRef, WakewordRefBuildFromBuffers, WakewordSave};
+
 
 use crate::audio::{self, SystemClock};
 use crate::config::{AudioConfig, FilePacing};
@@ -23,6 +26,12 @@ pub const MIN_MS: u64 = 250;
 pub const MAX_MS: u64 = 3000;
 /// Silence kept around the trimmed phrase (ms).
 const PAD_MS: usize = 50;
+/// Fewest samples: fewer cannot be checked against each other.
+pub const MIN_SAMPLES: usize = 3;
+/// A sample whose peak is below this is quiet enough to lose its detail in the noise (dBFS).
+const QUIET_DBFS: f32 = -35.0;
+/// A leave-one-out score below this: the sample is unlike the others.
+const UNLIKE: f32 = 0.4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -30,8 +39,12 @@ pub enum EnrollError {
     Read { path: PathBuf, source: audio::AudioError },
     #[error("{path}: {what}")]
     Sample { path: PathBuf, what: String },
-    #[error("need at least one sample")]
-    NoSamples,
+    #[error("{0} sample(s) given: record at least {MIN_SAMPLES} (6 to 10 is better), so each can be checked against the others")]
+    TooFew(usize),
+    #[error("the samples do not sound like one phrase: {0} score low against the others; record them again, all saying the same words")]
+    Mixed(String),
+    #[error("the wake word would not detect {0} with the default settings; record them again (or more samples)")]
+    MissesOwn(String),
     #[error("cannot build the wake word: {0}")]
     Build(String),
     #[error("cannot write {path}: {reason}")]
@@ -46,8 +59,21 @@ pub struct SampleReport {
     pub duration_ms: u64,
     pub trimmed_ms: u64,
     pub peak_dbfs: f32,
-    /// Score against a wake word built from the other samples (three or more samples only).
+    /// Score against a wake word built from the other samples.
     pub score: Option<f32>,
+}
+
+/// What enrolling found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enrolled {
+    pub samples: Vec<SampleReport>,
+    /// The share of samples a wake word built from the others detects at the default threshold.
+    pub expected_rate: f32,
+    /// The default threshold, and a threshold that would catch every leave-one-out score, if it differs.
+    pub threshold: f32,
+    pub suggested_threshold: Option<f32>,
+    /// Clipped, quiet or unlike the rest: said, the model is written anyway.
+    pub warnings: Vec<String>,
 }
 
 /// Reads a WAV through the front end: mono 16-bit at 16 kHz.
@@ -100,6 +126,22 @@ pub fn best_score(model: &[u8], pcm: &[i16]) -> Result<f32, EnrollError> {
     rc.detector.avg_threshold = 0.0;
     let mut rp = super::scorer(rc, model).map_err(EnrollError::Build)?;
     // Quiet dither rather than digital silence around the phrase.
+    let audio = with_quiet(pcm);
+    Ok(super::best_score(&mut rp, [audio.as_slice()]))
+}
+
+/// Whether `model` detects `pcm` (with quiet around it) with the default settings of `wake`.
+fn detected(model: &[u8], pcm: &[i16]) -> Result<bool, EnrollError> {
+    let spec = crate::audio::FrameSpec { sample_rate: RATE, frame_ms: 20 };
+    let mut rp = rustpotter::Rustpotter::new(&super::rustpotter_config(&crate::config::WakeConfig::default(), spec)).map_err(EnrollError::Build)?;
+    rp.add_wakeword_from_buffer("model", model).map_err(EnrollError::Build)?;
+    let mut chunks = super::Rechunker::new(rp.get_bytes_per_frame());
+    let audio = with_quiet(pcm);
+    Ok(chunks.feed(&mut rp, &audio, |_| {}).is_some())
+}
+
+/// `pcm` with a second of quiet dither before and two after.
+fn with_quiet(pcm: &[i16]) -> Vec<i16> {
     let mut x = 12345u32;
     let mut dither = |n: usize| -> Vec<i16> {
         (0..n)
@@ -112,14 +154,12 @@ pub fn best_score(model: &[u8], pcm: &[i16]) -> Result<f32, EnrollError> {
     let mut audio = dither(RATE as usize);
     audio.extend_from_slice(pcm);
     audio.extend(dither(RATE as usize * 2));
-    Ok(super::best_score(&mut rp, [audio.as_slice()]))
+    audio
 }
 
-/// Builds wake word `name` from `samples` and writes it to `out`.
-pub fn enroll(name: &str, samples: &[PathBuf], out: &Path) -> Result<Vec<SampleReport>, EnrollError> {
-    if samples.is_empty() {
-        return Err(EnrollError::NoSamples);
-    }
+/// Builds wake word `name` from `samples`, checks it, and writes it to `out`.
+pub fn enroll(name: &str, samples: &[PathBuf], out: &Path) -> Result<Enrolled, EnrollError> {
+    let mut warnings = Vec::new();
     let mut reports = Vec::new();
     let mut wavs = Vec::new();
     let mut trimmed_pcm = Vec::new();
@@ -140,7 +180,9 @@ pub fn enroll(name: &str, samples: &[PathBuf], out: &Path) -> Result<Vec<SampleR
             )));
         }
         if peak == i16::MAX {
-            tracing::warn!(sample = %path.display(), "sample is clipped: record it a little quieter");
+            warnings.push(format!("{}: clipped (it reaches full scale); record it a little quieter or further away", path.display()));
+        } else if peak_dbfs < QUIET_DBFS {
+            warnings.push(format!("{}: quiet (peak {peak_dbfs:.0} dBFS); record it closer or louder", path.display()));
         }
         let key = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("sample{}", wavs.len()));
         if wavs.iter().any(|(k, _): &(String, Vec<u8>)| *k == key) {
@@ -150,16 +192,39 @@ pub fn enroll(name: &str, samples: &[PathBuf], out: &Path) -> Result<Vec<SampleR
         trimmed_pcm.push(cut.to_vec());
         reports.push(SampleReport { path: path.clone(), duration_ms: ms(pcm.len()), trimmed_ms: ms(cut.len()), peak_dbfs, score: None });
     }
-    let model = build(name, &wavs)?;
-    model.save_to_file(&out.to_string_lossy()).map_err(|reason| EnrollError::Write { path: out.into(), reason })?;
-    if wavs.len() >= 3 {
-        for i in 0..wavs.len() {
-            let others: Vec<(String, Vec<u8>)> = wavs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, w)| w.clone()).collect();
-            let buffer = build(name, &others)?.save_to_buffer().map_err(EnrollError::Build)?;
-            reports[i].score = Some(best_score(&buffer, &trimmed_pcm[i])?);
+    if wavs.len() < MIN_SAMPLES {
+        return Err(EnrollError::TooFew(wavs.len()));
+    }
+    for i in 0..wavs.len() {
+        let others: Vec<(String, Vec<u8>)> = wavs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, w)| w.clone()).collect();
+        let buffer = build(name, &others)?.save_to_buffer().map_err(EnrollError::Build)?;
+        reports[i].score = Some(best_score(&buffer, &trimmed_pcm[i])?);
+    }
+    let scores: Vec<f32> = reports.iter().filter_map(|r| r.score).collect();
+    let list = |pick: &dyn Fn(&SampleReport) -> bool| reports.iter().filter(|r| pick(r)).map(|r| r.path.display().to_string()).collect::<Vec<_>>();
+    let unlike = list(&|r| r.score.is_some_and(|s| s < UNLIKE));
+    if unlike.len() * 2 > reports.len() {
+        return Err(EnrollError::Mixed(unlike.join(", ")));
+    }
+    for u in &unlike {
+        warnings.push(format!("{u}: unlike the others (a different phrase, a noise?); consider recording it again"));
+    }
+    let threshold = crate::config::WakeConfig::default().threshold as f32;
+    let caught = scores.iter().filter(|&&s| s >= threshold).count();
+    let lowest = scores.iter().copied().fold(1.0f32, f32::min);
+    let suggested_threshold = (lowest < threshold).then(|| ((lowest - 0.02) * 100.0).floor().max(40.0) / 100.0);
+    let model = build(name, &wavs)?.save_to_buffer().map_err(EnrollError::Build)?;
+    let mut missed = Vec::new();
+    for (r, pcm) in reports.iter().zip(&trimmed_pcm) {
+        if !detected(&model, pcm)? {
+            missed.push(r.path.display().to_string());
         }
     }
-    Ok(reports)
+    if !missed.is_empty() {
+        return Err(EnrollError::MissesOwn(missed.join(", ")));
+    }
+    std::fs::write(out, &model).map_err(|e| EnrollError::Write { path: out.into(), reason: e.to_string() })?;
+    Ok(Enrolled { samples: reports, expected_rate: caught as f32 / scores.len() as f32, threshold, suggested_threshold, warnings })
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! itself, and the [`Preroll`] ring of recent frames. It runs on its own thread (see `daemon`), never on the
 //! async runtime: frames come in from the audio source's channel, [`Detection`]s go out to the supervisor.
 
+pub mod builtin;
 pub mod enroll;
 pub mod gate;
 pub mod listener;
@@ -15,21 +16,13 @@ use std::collections::VecDeque;
 use rustpotter::{Rustpotter, RustpotterConfig, SampleFormat, ScoreMode as RpScoreMode};
 
 use crate::audio::{Frame, FrameSpec, level_dbfs};
-use crate::config::{ScoreMode, WakeConfig};
+use crate::config::{ModelRef, ScoreMode, WakeConfig};
 
-/// The built-in wake word, "hey jarvis" (made by `scripts/make-audio.sh`).
-pub const HEY_JARVIS: &[u8] = include_bytes!("../../assets/hey_jarvis.rpw");
-/// "hey travis", by the same voices as the built-in wake word: the phrase most often mistaken for it. When
-/// the built-in wake word fires, the audio just before is scored against this too, and the detection is
-/// discarded if this matches better. Only detections pay for it, not every frame.
-pub const HEY_JARVIS_REJECT: &[u8] = include_bytes!("../../assets/hey_jarvis_reject.rpw");
-/// Audio scored against the rejection model: the phrase ends ~1 s before its detection and lasts ~1 s.
-const VERIFY_MS: u64 = 2400;
 /// Audio the detector catches up on when the gate opens: onsets are soft, and the detector needs context.
 const LOOKBACK_MS: u64 = 600;
-/// The gate stays open this long after the last loud frame, and longer while a detection is in progress
-/// (rustpotter reports ~0.7 s after the phrase, at its best frame). 1 s detects what 2 s did on every fixture,
-/// and a session, which ends 0.8 s after the speech, leaves little of it to score.
+/// The gate stays open this long after the last loud frame, and longer while a detection is in progress.
+/// 1 s detects what 2 s did on every fixture, and a session, which ends 0.8 s after the speech, leaves little
+/// of it to score.
 const GATE_HANGOVER_MS: u64 = 1000;
 
 /// A wake word was heard.
@@ -98,8 +91,6 @@ pub struct DetectorStats {
     pub detections: u64,
     /// Detections dropped inside `wake.refractory_ms` of the previous one.
     pub refractory_drops: u64,
-    /// Confusable phrases that matched the rejection model better than the wake word.
-    pub rejected: u64,
 }
 
 /// A rustpotter that reports every score `model` gives (threshold 0.01, one frame is enough), for scoring a
@@ -193,14 +184,74 @@ impl Rechunker {
     }
 }
 
-pub struct Detector {
+/// One rustpotter and its re-chunking: the built-in wake words share one (with their own settings), the .rpw
+/// files another (with the `wake` section's).
+struct Engine {
     rp: Rustpotter,
     chunks: Rechunker,
+}
+
+impl Engine {
+    fn new(rc: &RustpotterConfig) -> Result<Self, WakeError> {
+        let rp = Rustpotter::new(rc).map_err(WakeError::Init)?;
+        let chunks = Rechunker::new(rp.get_bytes_per_frame());
+        Ok(Engine { rp, chunks })
+    }
+
+    fn reset(&mut self) {
+        self.rp.reset();
+        self.chunks.clear();
+    }
+}
+
+/// The engines `cfg` asks for: the built-ins (by default `builtin:jarvis`) in one, the files in another.
+fn engines(cfg: &WakeConfig, spec: FrameSpec) -> Result<Vec<Engine>, WakeError> {
+    let default = [ModelRef::Builtin(builtin::default().name.to_string())];
+    let models = if cfg.models.is_empty() { &default[..] } else { &cfg.models[..] };
+    let mut builtins = Vec::new();
+    let mut files = Vec::new();
+    for m in models {
+        match m {
+            ModelRef::Builtin(name) => builtins.push(builtin::find(name).ok_or_else(|| WakeError::Load {
+                what: m.to_string(),
+                reason: format!("there is no such built-in wake word (built-in: {})", builtin::names()),
+            })?),
+            ModelRef::File(path) => files.push(path),
+        }
+    }
+    let mut out = Vec::new();
+    if !builtins.is_empty() {
+        // One setting for all of them: the strictest threshold and the most windows any of them needs.
+        let mut rc = rustpotter_config(cfg, spec);
+        rc.detector.threshold = builtins.iter().map(|b| b.threshold(cfg.sensitivity)).fold(0.0, f32::max);
+        rc.detector.min_scores = builtins.iter().map(|b| b.min_scores).max().unwrap_or(1);
+        rc.detector.avg_threshold = 0.0;
+        rc.detector.eager = true;
+        rc.filters.gain_normalizer.enabled = false;
+        rc.filters.band_pass.enabled = false;
+        let mut e = Engine::new(&rc)?;
+        for b in builtins {
+            e.rp.add_wakeword_from_buffer(b.name, b.model)
+                .map_err(|reason| WakeError::Load { what: format!("builtin:{}", b.name), reason })?;
+        }
+        out.push(e);
+    }
+    if !files.is_empty() {
+        let mut e = Engine::new(&rustpotter_config(cfg, spec))?;
+        for (i, path) in files.iter().enumerate() {
+            // Each model under its own key: one key holds one wake word.
+            e.rp.add_wakeword_from_file(&format!("model{i}"), &path.to_string_lossy())
+                .map_err(|reason| WakeError::Load { what: path.display().to_string(), reason })?;
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+pub struct Detector {
+    engines: Vec<Engine>,
     gate: Option<gate::Gate>,
     ring: Preroll,
-    /// Scores a detection's audio against confusable phrases (built-in wake word only).
-    reject: Option<Rustpotter>,
-    verify_frames: usize,
     preroll_frames: usize,
     lookback_frames: usize,
     frame_ms: u64,
@@ -213,42 +264,14 @@ pub struct Detector {
 
 impl Detector {
     pub fn new(cfg: &WakeConfig, spec: FrameSpec, preroll_ms: u64) -> Result<Self, WakeError> {
-        let rc = rustpotter_config(cfg, spec);
-        let mut rp = Rustpotter::new(&rc).map_err(WakeError::Init)?;
-        if cfg.models.is_empty() {
-            rp.add_wakeword_from_buffer("builtin", HEY_JARVIS)
-                .map_err(|reason| WakeError::Load { what: "built-in hey_jarvis".into(), reason })?;
-
-        }
-        for (i, path) in cfg.models.iter().enumerate() {
-            // Each model under its own key: one key holds one wake word.
-            let text = path.to_string_lossy();
-            rp.add_wakeword_from_file(&format!("model{i}"), &text)
-                .map_err(|reason| WakeError::Load { what: path.display().to_string(), reason })?;
-        }
+        let engines = engines(cfg, spec)?;
         let frame_ms = spec.frame_ms as u64;
-        let chunks = Rechunker::new(rp.get_bytes_per_frame());
         let lookback_frames = LOOKBACK_MS.div_ceil(frame_ms) as usize;
         let preroll_frames = (preroll_ms / frame_ms) as usize;
-        let reject = if cfg.models.is_empty() && cfg.builtin_reject {
-            // With the detector's own averaged-sample check: most of the audio before a detection is not like
-            // "hey travis" at all, and the check saves comparing it with every sample.
-            let mut rc = rustpotter_config(cfg, spec);
-            rc.detector.avg_threshold = cfg.avg_threshold as f32;
-            let r = scorer(rc, HEY_JARVIS_REJECT)
-                .map_err(|reason| WakeError::Load { what: "built-in hey_jarvis rejection model".into(), reason })?;
-            Some(r)
-        } else {
-            None
-        };
-        let verify_frames = VERIFY_MS.div_ceil(frame_ms) as usize;
         Ok(Detector {
-            rp,
-            chunks,
+            engines,
             gate: cfg.gate.then(|| gate::Gate::new(cfg.gate_margin_db as f32, (GATE_HANGOVER_MS / frame_ms) as usize)),
-            ring: Preroll::new(preroll_frames.max(lookback_frames).max(if reject.is_some() { verify_frames } else { 0 })),
-            reject,
-            verify_frames,
+            ring: Preroll::new(preroll_frames.max(lookback_frames)),
             preroll_frames,
             lookback_frames,
             frame_ms,
@@ -264,7 +287,7 @@ impl Detector {
         self.stats.frames += 1;
         let seq = frame.seq;
         let mut verdict = match self.gate.as_mut() {
-            Some(g) => g.check(level_dbfs(&frame.pcm), self.rp.get_partial_detection().is_some()),
+            Some(g) => g.check(level_dbfs(&frame.pcm), self.engines.iter().any(|e| e.rp.get_partial_detection().is_some())),
             None => gate::Verdict::Open,
         };
         if std::mem::take(&mut self.rested) && verdict == gate::Verdict::Open {
@@ -275,8 +298,7 @@ impl Detector {
             gate::Verdict::Closed => {}
             gate::Verdict::Opened => {
                 // Start afresh on the audio just before the onset, then this frame.
-                self.rp.reset();
-                self.chunks.clear();
+                self.engines.iter_mut().for_each(Engine::reset);
                 let back: Vec<Vec<i16>> = self.ring.last(self.lookback_frames).map(|f| f.pcm.clone()).collect();
                 for pcm in &back {
                     found = found.or(self.feed(pcm));
@@ -287,13 +309,6 @@ impl Detector {
         }
         self.ring.push(frame);
         let hit = found?;
-        if let Some(score) = self.confusion_score() {
-            if score > hit.score {
-                self.stats.rejected += 1;
-                tracing::debug!(score = hit.score, confusion = score, "a phrase like the wake word was rejected");
-                return None;
-            }
-        }
         let t_ms = (seq + 1) * self.frame_ms;
         if self.last_detection_ms.is_some_and(|last| t_ms < last + self.refractory_ms) {
             self.stats.refractory_drops += 1;
@@ -331,20 +346,21 @@ impl Detector {
     /// Forgets all audio heard so far (after a mute: nothing from before it may reach a session).
     pub fn forget(&mut self) {
         self.ring.clear();
-        self.rp.reset();
-        self.chunks.clear();
+        self.engines.iter_mut().for_each(Engine::reset);
     }
 
-    /// The best score of the rejection model over the last `VERIFY_MS`, if there is one.
-    fn confusion_score(&mut self) -> Option<f32> {
-        let r = self.reject.as_mut()?;
-        Some(best_score(r, self.ring.last(self.verify_frames).map(|f| f.pcm.as_slice())))
-    }
-
-    /// Re-chunks into rustpotter frames.
+    /// Re-chunks into rustpotter frames, for each engine; the best detection if several complete at once.
     fn feed(&mut self, pcm: &[i16]) -> Option<rustpotter::RustpotterDetection> {
         self.stats.frames_scored += 1;
-        self.chunks.feed(&mut self.rp, pcm, |_| {})
+        let mut best: Option<rustpotter::RustpotterDetection> = None;
+        for e in &mut self.engines {
+            if let Some(d) = e.chunks.feed(&mut e.rp, pcm, |_| {}) {
+                if best.as_ref().is_none_or(|b| d.score > b.score) {
+                    best = Some(d);
+                }
+            }
+        }
+        best
     }
 
 }

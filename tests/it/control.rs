@@ -366,7 +366,7 @@ fn a_reload_swaps_the_wake_word_during_a_session() {
     assert_eq!(sub.call(json!({"cmd": "subscribe"}))["ok"], true);
     // "hey jarvis" at 0.7 s, then "ok computer" twice, then "hey jarvis" again at 10 s.
     let first = sub.event(is("wake"));
-    assert_eq!(first["wakeword"], "hey_jarvis", "{first}");
+    assert_eq!(first["wakeword"], "jarvis", "{first}");
     let session = sub.event(is("session_start"))["session"].as_str().unwrap().to_string();
     let computer = crate::support::fixtures().join("ok_computer.rpw");
     std::fs::write(&d.config, config(&format!("\"{}\"", computer.display()))).unwrap();
@@ -384,11 +384,11 @@ fn a_reload_swaps_the_wake_word_during_a_session() {
     }
     let end = events.iter().find(|e| e["event"] == "session_end" && e["session"] == session.as_str()).expect("the first session ends");
     assert_eq!(end["reason"], "silence", "{end}");
-    // The first "ok computer" is spoken during the first session, while the detector rests; the second is
-    // detected, the last "hey jarvis" is not.
-    let words: Vec<&str> = events.iter().filter(|e| e["event"] == "wake").map(|e| e["wakeword"].as_str().unwrap()).collect();
-    assert_eq!(words, ["ok_computer"], "{events:?}");
-    let second = events.iter().find(|e| e["event"] == "wake").unwrap();
-    assert!((6892..9500).contains(&second["t_ms"].as_u64().unwrap()), "{second}");
+    // From the reload on, "ok computer" is detected (the first one too if the session has ended by then; the
+    // detector rests during a session), the last "hey jarvis" is not.
+    let wakes: Vec<&Value> = events.iter().filter(|e| e["event"] == "wake").collect();
+    assert!(!wakes.is_empty() && wakes.iter().all(|e| e["wakeword"] == "ok_computer"), "{events:?}");
+    let first_new = wakes[0]["t_ms"].as_u64().unwrap();
+    assert!((4892..9500).contains(&first_new), "the \"ok computer\"s end at 4892 and 8062 ms: {wakes:?}");
     assert!(d.wait(PATIENCE).success());
 }

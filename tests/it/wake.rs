@@ -1,5 +1,6 @@
-//! The wake-word detector on real (synthetic) speech: fixture streams in voices the built-in wake word was
-//! not trained on, with confusable phrases and background noise.
+//! The wake-word detector on synthetic speech: fixture streams in voices the built-in wake word was not
+//! trained on, with confusable phrases and background noise. (Its figures on real voices come from
+//! `make wake-bench`.)
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -7,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use voxgate::audio::{self, FrameSpec, SystemClock};
-use voxgate::config::{AudioConfig, Config, FilePacing};
+use voxgate::config::{AudioConfig, Config, FilePacing, ModelRef};
 use voxgate::wake::{Detector, test::scan};
 
 use crate::support::{ChildGuard, FakeMic, Label, fixtures, labels, voxgate};
@@ -21,16 +22,23 @@ fn detections(config: &Config, file: &str) -> Vec<(u64, String, f32)> {
     out
 }
 
-/// Every wake label has one detection within MAX_DELAY_MS after its end, naming its word; nothing else.
+/// Every wake label has one detection within MAX_DELAY_MS after its end, naming its word (the built-in
+/// "jarvis" for "hey jarvis"); a phrase that holds the wake word among others may have one; nothing else.
 fn check(file: &str, labels: &[&Label], found: &[(u64, String, f32)]) {
     let wakes: Vec<&&Label> = labels.iter().filter(|l| l.kind == "wake").collect();
     assert!(!wakes.is_empty());
     let mut used = vec![false; found.len()];
     for w in &wakes {
-        let hit = found.iter().enumerate().find(|(i, d)| !used[*i] && d.0 >= w.end_ms && d.0 <= w.end_ms + MAX_DELAY_MS);
+        // The detection comes at the end of the wake word, or, for the built-in model, possibly a little before the end of the label (its trailing silence).
+        let hit = found.iter().enumerate().find(|(i, d)| !used[*i] && d.0 + 150 >= w.end_ms && d.0 <= w.end_ms + MAX_DELAY_MS);
         let Some((i, d)) = hit else { panic!("{file}: {:?} ending at {} ms not detected; detections: {found:?}", w.text, w.end_ms) };
-        assert_eq!(d.1, w.text.replace(' ', "_"), "{file}: at {} ms", d.0);
+        assert!(w.text.replace(' ', "_").ends_with(&d.1), "{file}: {:?} detected as {:?} at {} ms", w.text, d.1, d.0);
         used[i] = true;
+    }
+    for c in labels.iter().filter(|l| l.kind == "contains") {
+        if let Some(i) = (0..found.len()).find(|&i| !used[i] && found[i].0 >= c.start_ms && found[i].0 <= c.end_ms + MAX_DELAY_MS) {
+            used[i] = true;
+        }
     }
     let extra: Vec<_> = found.iter().zip(&used).filter(|(_, u)| !**u).map(|(d, _)| d).collect();
     assert!(extra.is_empty(), "{file}: false detections {extra:?} (labels: {labels:?})");
@@ -64,16 +72,14 @@ fn builtin_wake_word_hits_every_time_and_never_on_decoys() {
         wakes += labels.iter().filter(|l| l.kind == "wake").count();
         decoys += labels.iter().filter(|l| l.kind == "decoy").count();
     }
-    assert!(wakes >= 12 && decoys >= 30, "{wakes} wake words, {decoys} decoys");
+    assert!(wakes >= 12 && decoys >= 24, "{wakes} wake words, {decoys} decoys");
 }
 
 #[test]
 fn two_models_each_name_their_word() {
     let mut config = Config::default();
-    config.wake.models = vec![
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/hey_jarvis.rpw"),
-        fixtures().join("ok_computer.rpw"),
-    ];
+    // A built-in and a file: two engines with their own settings, side by side.
+    config.wake.models = vec![ModelRef::Builtin("jarvis".into()), ModelRef::File(fixtures().join("ok_computer.rpw"))];
     let labels: Vec<Label> = labels().into_iter().filter(|l| l.file == "two-words.wav").collect();
     assert_eq!(labels.len(), 4);
     let refs: Vec<&Label> = labels.iter().collect();
@@ -96,11 +102,12 @@ fn preroll_starts_before_the_detection_and_holds_the_wake_word_start() {
     assert_eq!(found.len(), wakes.len());
     for (d, w) in found.iter().zip(wakes) {
         let frame_ms = audio.frame_ms as u64;
-        assert_eq!(d.preroll.len() as u64, config.session.preroll_ms / frame_ms);
+        // All of `preroll_ms`, or all the audio there is before a detection that soon.
+        assert_eq!(d.preroll.len() as u64, (config.session.preroll_ms / frame_ms).min(d.seq + 1));
         let seqs: Vec<u64> = d.preroll.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, ((d.seq + 1 - seqs.len() as u64)..=d.seq).collect::<Vec<_>>(), "contiguous, ending at the detection");
         let start_ms = d.preroll[0].seq * frame_ms;
-        assert_eq!(start_ms, d.t_ms - config.session.preroll_ms);
+        assert_eq!(start_ms, d.t_ms.saturating_sub(config.session.preroll_ms));
         assert!(start_ms <= w.start_ms, "pre-roll starts at {start_ms} ms, after the wake word's start at {} ms", w.start_ms);
         assert!(d.preroll.windows(2).all(|p| p[0].captured <= p[1].captured), "timestamps kept in order");
     }
@@ -112,7 +119,9 @@ fn live_capture_detects_what_the_file_does() {
     let expected = detections(&Config::default(), &file);
     let (_, pcm) = crate::support::read_wav(&fixtures().join(&file));
     let chunk = 4096;
-    let mut data = vec![0u8; chunk * 4];
+    // A second of silence first: whole frames and whole detector chunks (30 ms), so that the live audio is
+    // cut where the file's is and a detection near the threshold is scored the same way.
+    let mut data = vec![0u8; 16000 * 2];
     data.extend(pcm.iter().flat_map(|s| s.to_le_bytes()));
     // Enough silence after it for the last detection and the pipe to drain.
     data.extend(vec![0u8; 16000 * 2 * 5]);
