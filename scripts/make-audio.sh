@@ -80,7 +80,7 @@ TEST=(
     "en-us+m1 145 50" "en-gb+f3 150 65" "en-gb-x-rp+f4 140 60"
     "en-029+m2 155 45" "en-us-nyc+m6 165 50" "en-gb-x-gbclan+m7 150 40"
 )
-DECOYS=("hey travis" "harvey, pass me the jar" "jarvis cocker sang common people" "hey siri" "hey there")
+DECOYS=("hey travis" "harvey, pass me the jar" "marvin, the service is nervous" "hey siri" "hey there")
 
 # clips "PHRASE" DIR: the phrase in every training voice, at its speed and 30 words per minute faster.
 clips() {
@@ -104,7 +104,7 @@ make_training() {
 make_fixtures() {
     local dir=tests/fixtures/wake
     mkdir -p $dir
-    rm -f $dir/*.wav
+    rm -f $dir/stream-*.wav
     printf 'file\tkind\ttext\tstart_ms\tend_ms\n' > $dir/labels.tsv
     local n=0
     local noises=("0.002" "0.006" "0.012")
@@ -160,7 +160,15 @@ make_second_word() {
 }
 
 make_training
+grep '^two-words' tests/fixtures/wake/labels.tsv > "$work/two-words.tsv" || true
 make_fixtures
-make_second_word
+# "ok computer" is one wake word from 8 very different voices, which `voxgate enroll` now refuses (its own
+# samples would not all be detected with the default settings, as one person's recordings are): the committed
+# model was built before that check and is kept; this re-makes it only if it is missing.
+if [ -s tests/fixtures/wake/ok_computer.rpw ] && [ -s tests/fixtures/wake/two-words.wav ] && [ -s "$work/two-words.tsv" ]; then
+    cat "$work/two-words.tsv" >> tests/fixtures/wake/labels.tsv
+else
+    make_second_word
+fi
 make_demo
 echo "wrote tests/fixtures/wake/ and assets/demo.wav ($(soxi -D assets/demo.wav) s)"

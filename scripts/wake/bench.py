@@ -8,7 +8,7 @@ and all) over long streams built from the recordings it was not trained on.
   repeated with other speeds and levels to reach an hour, plus the dev part of the synthetic speech;
   every detection is a false alarm.
 - cost: the detector process's CPU time over the audio's duration (decoding included), on the negative
-  stream (speech) and on a minute of a quiet room.
+  stream (speech) and on ten minutes of a quiet room.
 
     python3 bench.py [--binary target/release/voxgate] [--model builtin:jarvis] [--phrase jarvis]
                      [--sensitivity 0.5 ...]
@@ -84,9 +84,11 @@ def streams(phrase):
         s = s[int(len(s) * 0.75):]
         bgs["speech"] = s.astype(np.float64)
         sf.write(d / "neg.wav", negatives(phrase, rng, bgs), RATE, subtype="PCM_16")
-        quiet = (rng.standard_normal(60 * RATE) * 3).astype(np.int16)
-        sf.write(d / "quiet.wav", quiet, RATE, subtype="PCM_16")
         done.touch()
+    if not (d / "quiet.wav").exists():
+        # A quiet room: ten minutes of low noise (about -80 dBFS).
+        quiet = (np.random.default_rng(5).standard_normal(600 * RATE) * 3).astype(np.int16)
+        sf.write(d / "quiet.wav", quiet, RATE, subtype="PCM_16")
     return d
 
 

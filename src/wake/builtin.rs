@@ -36,7 +36,7 @@ pub const BUILTINS: &[Builtin] = &[Builtin {
     model: include_bytes!("../../assets/wake/jarvis.rpw"),
     strict_margin: 8.0,
     lax_margin: 2.2,
-    min_scores: 8,
+    min_scores: 12,
 }];
 
 /// The default wake word (`wake.models = []`).
