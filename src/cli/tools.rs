@@ -95,11 +95,12 @@ pub fn enroll(name: &str, out: &Path, samples: &[PathBuf]) -> Result<(), CliErro
         println!("warning: {w}");
     }
     println!(
-        "expected detection rate: {:.0} % of new recordings like these (leave-one-out, at the default threshold {:.2})",
-        e.expected_rate * 100.0,
-        e.threshold
+        "expected detection rate: {:.0} % of new recordings like these (each sample against a wake word built from the others, default settings)",
+        e.expected_rate * 100.0
     );
-    if let Some(t) = e.suggested_threshold {
+    if let Some(t) = e.stored_threshold {
+        println!("the wake word keeps its own threshold {t:.2} (it overrides wake.threshold): with {:.2} it would miss some of its own samples; more samples of the same voice make it more selective", e.threshold);
+    } else if let Some(t) = e.suggested_threshold {
         println!("suggestion: wake.threshold = {t:.2} would catch every sample's leave-one-out score; or record more samples");
     }
     if e.samples.len() < 6 {

@@ -5,7 +5,8 @@
 //! then scored against a wake word built from the others (leave-one-out): the share that would be detected
 //! at the default threshold is what to expect from a new recording of the same voice, and a sample that
 //! scores low is unlike the rest (a different phrase, a cough) and is better re-recorded. A wake word that
-//! would miss one of its own samples with the default settings is never written.
+//! would miss one of its own samples with the default settings is never written: a lower threshold is
+//! stored in it first (down to 0.40), and if that is not enough enroll refuses.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -32,6 +33,9 @@ pub const MIN_SAMPLES: usize = 3;
 const QUIET_DBFS: f32 = -35.0;
 /// A leave-one-out score below this: the sample is unlike the others.
 const UNLIKE: f32 = 0.4;
+/// The lowest threshold enroll stores in a wake word so that it detects its own samples; below it the
+/// samples are too unlike each other to make one wake word.
+const LOWEST_STORED: f32 = 0.40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -67,11 +71,14 @@ pub struct SampleReport {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Enrolled {
     pub samples: Vec<SampleReport>,
-    /// The share of samples a wake word built from the others detects at the default threshold.
+    /// The share of samples a wake word built from the others detects with the default settings.
     pub expected_rate: f32,
     /// The default threshold, and a threshold that would catch every leave-one-out score, if it differs.
     pub threshold: f32,
     pub suggested_threshold: Option<f32>,
+    /// A threshold stored in the wake word (it overrides `wake.threshold`), when the default would miss one
+    /// of its own samples.
+    pub stored_threshold: Option<f32>,
     /// Clipped, quiet or unlike the rest: said, the model is written anyway.
     pub warnings: Vec<String>,
 }
@@ -113,9 +120,10 @@ pub fn to_wav(pcm: &[i16]) -> Vec<u8> {
     out.into_inner()
 }
 
-fn build(name: &str, samples: &[(String, Vec<u8>)]) -> Result<WakewordRef, EnrollError> {
+/// A wake word from `samples`; `threshold`, if given, is stored in it and overrides `wake.threshold`.
+fn build(name: &str, samples: &[(String, Vec<u8>)], threshold: Option<f32>) -> Result<WakewordRef, EnrollError> {
     let map: HashMap<String, Vec<u8>> = samples.iter().cloned().collect();
-    WakewordRef::new_from_sample_buffers(name.to_string(), None, None, map, MFCC_SIZE).map_err(EnrollError::Build)
+    WakewordRef::new_from_sample_buffers(name.to_string(), threshold, None, map, MFCC_SIZE).map_err(EnrollError::Build)
 }
 
 /// The best score `model` gives `pcm` (with silence around it), or 0 if it never scores.
@@ -195,10 +203,14 @@ pub fn enroll(name: &str, samples: &[PathBuf], out: &Path) -> Result<Enrolled, E
     if wavs.len() < MIN_SAMPLES {
         return Err(EnrollError::TooFew(wavs.len()));
     }
+    let mut caught = 0;
     for i in 0..wavs.len() {
         let others: Vec<(String, Vec<u8>)> = wavs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, w)| w.clone()).collect();
-        let buffer = build(name, &others)?.save_to_buffer().map_err(EnrollError::Build)?;
+        let buffer = build(name, &others, None)?.save_to_buffer().map_err(EnrollError::Build)?;
         reports[i].score = Some(best_score(&buffer, &trimmed_pcm[i])?);
+        if detected(&buffer, &trimmed_pcm[i])? {
+            caught += 1;
+        }
     }
     let scores: Vec<f32> = reports.iter().filter_map(|r| r.score).collect();
     let list = |pick: &dyn Fn(&SampleReport) -> bool| reports.iter().filter(|r| pick(r)).map(|r| r.path.display().to_string()).collect::<Vec<_>>();
@@ -210,21 +222,34 @@ pub fn enroll(name: &str, samples: &[PathBuf], out: &Path) -> Result<Enrolled, E
         warnings.push(format!("{u}: unlike the others (a different phrase, a noise?); consider recording it again"));
     }
     let threshold = crate::config::WakeConfig::default().threshold as f32;
-    let caught = scores.iter().filter(|&&s| s >= threshold).count();
     let lowest = scores.iter().copied().fold(1.0f32, f32::min);
     let suggested_threshold = (lowest < threshold).then(|| ((lowest - 0.02) * 100.0).floor().max(40.0) / 100.0);
-    let model = build(name, &wavs)?.save_to_buffer().map_err(EnrollError::Build)?;
-    let mut missed = Vec::new();
-    for (r, pcm) in reports.iter().zip(&trimmed_pcm) {
-        if !detected(&model, pcm)? {
-            missed.push(r.path.display().to_string());
+    // The finished wake word must detect every one of its samples with the default settings; if it does not,
+    // a lower threshold is stored in it, step by step, down to LOWEST_STORED.
+    let missed = |model: &[u8]| -> Result<Vec<String>, EnrollError> {
+        let mut out = Vec::new();
+        for (r, pcm) in reports.iter().zip(&trimmed_pcm) {
+            if !detected(model, pcm)? {
+                out.push(r.path.display().to_string());
+            }
         }
+        Ok(out)
+    };
+    let mut stored_threshold = None;
+    let mut model = build(name, &wavs, None)?.save_to_buffer().map_err(EnrollError::Build)?;
+    let mut misses = missed(&model)?;
+    let mut t = threshold;
+    while !misses.is_empty() && t - 0.02 >= LOWEST_STORED - 1e-4 {
+        t -= 0.02;
+        model = build(name, &wavs, Some(t))?.save_to_buffer().map_err(EnrollError::Build)?;
+        misses = missed(&model)?;
+        stored_threshold = Some(t);
     }
-    if !missed.is_empty() {
-        return Err(EnrollError::MissesOwn(missed.join(", ")));
+    if !misses.is_empty() {
+        return Err(EnrollError::MissesOwn(misses.join(", ")));
     }
     std::fs::write(out, &model).map_err(|e| EnrollError::Write { path: out.into(), reason: e.to_string() })?;
-    Ok(Enrolled { samples: reports, expected_rate: caught as f32 / scores.len() as f32, threshold, suggested_threshold, warnings })
+    Ok(Enrolled { samples: reports, expected_rate: caught as f32 / scores.len() as f32, threshold, suggested_threshold, stored_threshold, warnings })
 }
 
 #[cfg(test)]

@@ -187,6 +187,28 @@ fn enroll_round_trip_and_bad_samples() {
             "{w:?} not found in {found:?}"
         );
     }
+    // It rejects the confusable phrases ("hey siri", "hey there", "harvey, pass me the jar", …; "hey travis",
+    // one consonant away, is as close to a template as the wake word itself), and detects each sample it was
+    // built from, with the default settings.
+    for c in labels.iter().filter(|l| l.kind == "decoy" && l.text != "hey travis") {
+        assert!(!found.iter().any(|d| (c.start_ms..=c.end_ms + MAX_DELAY_MS).contains(&d["t_ms"].as_u64().unwrap())), "{c:?} woke it: {found:?}");
+    }
+    assert!(text.contains("expected detection rate: "), "{text}");
+    for clip in &clips {
+        let (_, pcm) = crate::support::read_wav(clip);
+        let padded = dir.path().join("padded.wav");
+        let quiet = |n| crate::support::noise(n, 90).into_iter().map(|s| s / 2000).collect::<Vec<i16>>();
+        let mut audio = quiet(16000);
+        audio.extend(pcm);
+        audio.extend(quiet(32000));
+        crate::support::write_wav(&padded, 16000, &audio);
+        let out = voxgate().args(["wake-test", "--json", "--config"]).arg(&cfg).arg(&padded).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("my_word"), "{} is not detected by the wake word made from it", clip.display());
+    }
+    // Fewer than three samples are refused.
+    let out = voxgate().args(["enroll", "--name", "x", "--out"]).arg(dir.path().join("x.rpw")).args(&clips[..2]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("record at least 3"), "{}", String::from_utf8_lossy(&out.stderr));
     // A silent sample is refused, naming the file.
     let silent = dir.path().join("silent.wav");
     crate::support::write_wav(&silent, 16000, &vec![0; 16000]);
