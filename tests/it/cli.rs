@@ -66,7 +66,8 @@ fn unusable_files_are_configuration_errors_for_check_config_and_run() {
     std::fs::write(&not_pem, "not a certificate").unwrap();
     let model = dir.path().join("model.rpw");
     std::fs::write(&model, "not a model").unwrap();
-    let cases: [(&str, String, &str); 5] = [
+    let cases: [(&str, String, &str); 6] = [
+        ("VOXGATE_WAKE__MODELS", "builtin:jarvis,builtin:nope".into(), "no built-in wake word \"nope\" (built-in: jarvis)"),
         ("VOXGATE_AUDIO__SOURCE", format!("file:{}", not_wav.display()), "audio.source"),
         ("VOXGATE_SESSION__TOKEN_FILE", token.display().to_string(), "session.token_file"),
         ("VOXGATE_SESSION__CA_FILE", not_pem.display().to_string(), "session.ca_file"),
@@ -81,6 +82,12 @@ fn unusable_files_are_configuration_errors_for_check_config_and_run() {
             assert!(err.contains(key), "{cmd} with {var}: {err}");
         }
     }
+    // wake-test loads the built-ins by name too, and refuses an unknown one the same way.
+    let wav = crate::support::fixtures().join("two-words.wav");
+    let out = voxgate().arg("wake-test").arg(&wav).env("VOXGATE_WAKE__MODELS", "builtin:nope").output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = voxgate().args(["wake-test", "--json"]).arg(&wav).env("VOXGATE_WAKE__MODELS", "builtin:jarvis").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"wakeword\":\"jarvis\""), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
