@@ -422,21 +422,26 @@ fn stamped(pcm: &[u8]) -> u64 {
     (0..SEQ_BITS).map(|i| ((pcm[2 * i] & 1) as u64) << i).sum()
 }
 
-/// CPU time so far of each thread of `pid`, by thread name (ns, from /proc/PID/task/*/schedstat).
-fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, u64> {
-    let mut by_name = std::collections::BTreeMap::new();
+/// CPU time so far of each thread of `pid`, by thread id, with its name (ns, from /proc/PID/task/*/schedstat).
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, (String, u64)> {
+    let mut by_tid = std::collections::BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
         let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_string();
         let ns = std::fs::read_to_string(task.path().join("schedstat")).ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0);
-        *by_name.entry(name).or_insert(0) += ns;
+        by_tid.insert(task.file_name().to_string_lossy().into_owned(), (name, ns));
     }
-    by_name
+    by_tid
 }
 
-/// Share of one core each thread used between two samples, busiest first, and the whole.
-fn cpu_between(before: &std::collections::BTreeMap<String, u64>, after: &std::collections::BTreeMap<String, u64>, wall: Duration) -> String {
+/// Share of one core each thread name used between two samples, busiest first, and the whole. A thread that
+/// ended in between (tokio's blocking pool lets idle ones go) is not counted: its last figure is gone with it.
+fn cpu_between(before: &std::collections::BTreeMap<String, (String, u64)>, after: &std::collections::BTreeMap<String, (String, u64)>, wall: Duration) -> String {
     let share = |ns: u64| ns as f64 / wall.as_nanos() as f64 * 100.0;
-    let mut rows: Vec<(u64, &String)> = after.iter().map(|(name, ns)| (ns - before.get(name).copied().unwrap_or(0), name)).collect();
+    let mut by_name: std::collections::BTreeMap<&String, u64> = std::collections::BTreeMap::new();
+    for (tid, (name, ns)) in after {
+        *by_name.entry(name).or_insert(0) += ns.saturating_sub(before.get(tid).map_or(0, |b| b.1));
+    }
+    let mut rows: Vec<(u64, &String)> = by_name.into_iter().map(|(name, ns)| (ns, name)).collect();
     rows.sort_by(|a, b| b.cmp(a));
     let total: u64 = rows.iter().map(|(ns, _)| ns).sum();
     let parts: Vec<String> = rows.iter().filter(|(ns, _)| *ns > 0).map(|(ns, name)| format!("{name} {:.3}", share(*ns))).collect();

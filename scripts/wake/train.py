@@ -1,8 +1,10 @@
 """Trains a built-in wake word on the real recordings: rustpotter's neural model, learnt from the phrase's
 training takes against the other phrases, synthetic speech and noise, with hard negatives mined from a long
-negative stream. Prints dev figures; writes the .rpw.
+negative stream. Prints its progress; writes the .rpw, and its numpy twin (for sweep.py) in the cache.
+`make wake-train` runs it with the shipped model's settings; the held-out figures come from bench.py.
 
-    python3 train.py jarvis assets/wake/jarvis.rpw [--kind large] [--frames 100] [--seed 1]
+    python3 train.py jarvis assets/wake/jarvis.rpw [--kind large] [--frames 100] [--seed 1] [--reps 12]
+                     [--rounds 2] [--epochs 6]    (VOXGATE_WAKE_POSITIVE_UNTIL: positive windows, in 10 ms)
 """
 
 import argparse
@@ -222,7 +224,8 @@ def main():
             y = np.concatenate([y, np.zeros(2 * len(hx), np.int64)])
     rms = np.median([mix.rms(c / 32767.0) for c in clips])
     model.save(mlp, scale, a.out, a.target, a.frames, SIZE, a.kind, rms)
-    np.savez(a.out + ".npz", *mlp.p, scale=scale)
+    # Its numpy twin, for sweep.py.
+    np.savez(corpus.cache_dir() / (os.path.basename(a.out) + ".npz"), *mlp.p, scale=scale)
     print(f"wrote {a.out}; {time.time() - t0:.0f} s")
 
 
