@@ -17,7 +17,11 @@ PHRASES = ["alexa", "computer", "jarvis", "smart_mirror", "snowboy", "view_glass
 
 def data_dir():
     here = pathlib.Path(__file__).resolve().parents[2]
-    return pathlib.Path(os.environ.get("VOXGATE_WAKE_DATA", here.parent / "shared" / "wake-data"))
+    d = pathlib.Path(os.environ.get("VOXGATE_WAKE_DATA", here.parent / "shared" / "wake-data"))
+    if not all((d / p).is_dir() for p in PHRASES):
+        raise SystemExit(f"{d}: no wake-word recordings there (a folder per phrase: {', '.join(PHRASES)}); "
+                         "set VOXGATE_WAKE_DATA to where they are")
+    return d
 
 
 def cache_dir():
