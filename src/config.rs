@@ -911,6 +911,8 @@ mod tests {
             ("[audio]\nsample_rate = 11025\n", &[], "audio.frame_ms", "built-in default"),
             ("[audio]\nsource = \"file:/nonexistent.wav\"\n", &[], "audio.source", "configuration file"),
             ("[wake]\nthreshold = 1.5\n", &[], "wake.threshold", "configuration file"),
+            ("[wake]\nsensitivity = 1.2\n", &[], "wake.sensitivity", "configuration file"),
+            ("[wake]\nmodels = [\"builtin:hey_jarvis\"]\n", &[], "wake.models", "configuration file"),
             ("[session]\nurl = \"http://x/\"\n", &[], "session.url", "configuration file"),
             ("[session]\nurl = \"not a url\"\n", &[], "session.url", "configuration file"),
             ("[session]\ntoken_file = \"/nonexistent/token\"\n", &[], "session.token_file", "configuration file"),
