@@ -15,9 +15,12 @@ const VAD_SAMPLES: usize = 256;
 const VAD_THRESHOLD: f32 = 0.5;
 /// Consecutive speech frames before speech counts as heard (a click is not speech).
 const SPEECH_FRAMES: u32 = 3;
-/// Speech this soon after the detection is the end of the wake word itself, not a command: the built-in wake
-/// words fire at the end of the phrase, up to ~150 ms before the last of it (docs/BENCHMARKS.md).
+/// After a detection at the end of the phrase (the built-in wake words, eager ones), speech this soon is the
+/// end of the wake word itself, not a command: they fire up to ~150 ms before its last sound.
 const WAKE_TAIL_MS: u64 = 200;
+/// After a late detection (a template wake word reports ~0.8 s after the phrase) or a trigger, speech in the
+/// pre-roll this close to it means the user is already talking.
+const BEFORE_START_MS: u64 = 600;
 /// Without the VAD (rates other than 16 kHz), frames above this level count as speech.
 const ENERGY_SPEECH_DB: f32 = -45.0;
 
@@ -103,6 +106,8 @@ pub struct Segmenter {
     speech_run: u32,
     heard: bool,
     silent_frames: u64,
+    /// Frames after the detection whose speech is the wake word's.
+    tail: u64,
 }
 
 impl Segmenter {
@@ -118,15 +123,23 @@ impl Segmenter {
             speech_run: 0,
             heard: false,
             silent_frames: 0,
+            tail: 0,
         }
     }
 
-    /// Runs the pre-roll through the VAD, so that it knows the audio before the detection; what it hears
-    /// there is the wake word, not counted.
-    pub fn prime<'a>(&mut self, preroll: impl ExactSizeIterator<Item = &'a [i16]>) {
-        for pcm in preroll {
-            self.speech.is_speech(pcm);
+    /// Runs the pre-roll through the VAD. After a detection at the end of the phrase what it hears there is
+    /// the wake word, not counted, and so are the first `WAKE_TAIL_MS` after it; otherwise speech in the last
+    /// `BEFORE_START_MS` of it counts as heard.
+    pub fn prime<'a>(&mut self, preroll: impl ExactSizeIterator<Item = &'a [i16]>, at_phrase_end: bool) {
+        let n = preroll.len() as u64;
+        let recent_from = if at_phrase_end { u64::MAX } else { n.saturating_sub(BEFORE_START_MS / self.frame_ms) };
+        for (i, pcm) in preroll.enumerate() {
+            let speech = self.speech.is_speech(pcm);
+            if i as u64 >= recent_from {
+                self.track(speech);
+            }
         }
+        self.tail = if at_phrase_end { WAKE_TAIL_MS / self.frame_ms } else { 0 };
     }
 
     fn track(&mut self, speech: bool) {
@@ -145,7 +158,7 @@ impl Segmenter {
     /// Takes the next frame after the detection; returns why the session ends with it, if it does.
     pub fn push(&mut self, pcm: &[i16]) -> Option<EndReason> {
         self.frames += 1;
-        let speech = self.speech.is_speech(pcm) && self.frames * self.frame_ms > WAKE_TAIL_MS;
+        let speech = self.speech.is_speech(pcm) && self.frames > self.tail;
         self.track(speech);
         if self.heard && self.silent_frames >= self.end_silence {
             Some(EndReason::Silence)
@@ -186,9 +199,8 @@ mod tests {
         // Nothing said: no_speech after exactly 1000 ms of frames.
         let mut s = Segmenter::new(&cfg(), 8000, 20);
         assert_eq!(run(&mut s, &quiet, 100), Some((50, EndReason::NoSpeech)));
-        // Speech (after the wake word's tail), then silence: ends 400 ms into the silence.
+        // Speech, then silence: ends 400 ms into the silence.
         let mut s = Segmenter::new(&cfg(), 8000, 20);
-        assert_eq!(run(&mut s, &quiet, 10), None);
         assert_eq!(run(&mut s, &loud(), 10), None);
         assert_eq!(run(&mut s, &quiet, 100), Some((20, EndReason::Silence)));
         // Talking on and on: max_duration at 3000 ms.
@@ -212,15 +224,31 @@ mod tests {
         // Loud up to the detection and for 200 ms after it: the wake word, so no speech yet.
         let mut s = Segmenter::new(&cfg(), 8000, 20);
         let preroll: Vec<Vec<i16>> = (0..100).map(|i| if i >= 60 { loud() } else { quiet.clone() }).collect();
-        s.prime(preroll.iter().map(|p| p.as_slice()));
+        s.prime(preroll.iter().map(|p| p.as_slice()), true);
         assert!(!s.speech_heard());
         assert_eq!(run(&mut s, &loud(), 10), None);
         assert!(!s.speech_heard());
         assert_eq!(run(&mut s, &quiet, 100), Some((40, EndReason::NoSpeech)));
         // Speech going on past the tail is the command.
         let mut s = Segmenter::new(&cfg(), 8000, 20);
+        s.prime(std::iter::empty(), true);
         assert_eq!(run(&mut s, &loud(), 13), None);
         assert!(s.speech_heard());
         assert_eq!(run(&mut s, &quiet, 100), Some((20, EndReason::Silence)));
+    }
+
+    #[test]
+    fn after_a_late_detection_or_a_trigger_speech_right_before_it_counts() {
+        let quiet = vec![0i16; 160];
+        let mut s = Segmenter::new(&cfg(), 8000, 20);
+        let preroll: Vec<Vec<i16>> = (0..100).map(|i| if i >= 90 { loud() } else { quiet.clone() }).collect();
+        s.prime(preroll.iter().map(|p| p.as_slice()), false);
+        assert!(s.speech_heard());
+        assert_eq!(run(&mut s, &quiet, 100), Some((20, EndReason::Silence)));
+        // Speech long before it (the wake word itself) does not.
+        let mut s = Segmenter::new(&cfg(), 8000, 20);
+        let preroll: Vec<Vec<i16>> = (0..100).map(|i| if i < 50 { loud() } else { quiet.clone() }).collect();
+        s.prime(preroll.iter().map(|p| p.as_slice()), false);
+        assert!(!s.speech_heard());
     }
 }

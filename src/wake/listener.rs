@@ -336,7 +336,7 @@ impl Side {
                         "wake word {} at {:.2} s (score {:.2})", d.wakeword, d.t_ms as f64 / 1000.0, d.score);
                 });
                 self.reporter.emit(Event::Wake { wakeword: d.wakeword.clone(), score: d.score, t_ms: d.t_ms, acted_on: true });
-                self.open(session, Trigger::Wakeword, Some((&d.wakeword, d.score)), d.t_ms, &d.preroll, seq + 1);
+                self.open(session, Trigger::Wakeword, Some((&d.wakeword, d.score)), d.t_ms, &d.preroll, seq + 1, d.at_phrase_end);
             }
             None => {
                 let t_ms = (seq + 1) * self.spec.frame_ms as u64;
@@ -345,7 +345,7 @@ impl Side {
                 if speech {
                     self.onset = Onset::new(self.spec.sample_rate);
                     let preroll: Vec<Frame> = self.ring.last(self.preroll_frames).cloned().collect();
-                    self.open(uuid::Uuid::new_v4().to_string(), Trigger::Always, None, t_ms, &preroll, seq + 1);
+                    self.open(uuid::Uuid::new_v4().to_string(), Trigger::Always, None, t_ms, &preroll, seq + 1, false);
                 }
             }
         }
@@ -371,7 +371,7 @@ impl Side {
         let t_ms = next_seq * self.spec.frame_ms as u64;
         let session = uuid::Uuid::new_v4().to_string();
         tracing::info_span!("session", session = %session).in_scope(|| tracing::info!(event = "trigger", "session {session} triggered over the control socket"));
-        self.open(session.clone(), Trigger::Manual, None, t_ms, &preroll, next_seq);
+        self.open(session.clone(), Trigger::Manual, None, t_ms, &preroll, next_seq, false);
         if self.tap.is_none() {
             return Err("the supervisor is not keeping up; try again".into());
         }
@@ -443,7 +443,8 @@ impl Side {
     }
 
     /// Starts a session whose audio begins with `preroll`.
-    fn open(&mut self, session: String, trigger: Trigger, wake: Option<(&str, f32)>, t_ms: u64, preroll: &[Frame], next_seq: u64) {
+    /// `at_phrase_end`: the detection came at the end of the wake word (see [`Segmenter::prime`]).
+    fn open(&mut self, session: String, trigger: Trigger, wake: Option<(&str, f32)>, t_ms: u64, preroll: &[Frame], next_seq: u64, at_phrase_end: bool) {
         let first_seq = preroll.first().map(|f| f.seq).unwrap_or(next_seq);
         // Room for the pre-roll and `queue_ms` more: the pre-roll is queued at once, before the connection is up,
         // and must not be pushed out by the frames that arrive while it connects.
@@ -463,7 +464,7 @@ impl Side {
             return;
         }
         let mut segmenter = Segmenter::new(&self.session_cfg, self.spec.sample_rate, self.spec.frame_ms);
-        segmenter.prime(preroll.iter().map(|f| f.pcm.as_slice()));
+        segmenter.prime(preroll.iter().map(|f| f.pcm.as_slice()), at_phrase_end);
         for f in preroll {
             queue.push(f.clone());
         }

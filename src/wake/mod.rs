@@ -39,6 +39,8 @@ pub struct Detection {
     /// The frames before the detection, oldest first, at most `session.preroll_ms` of them; the frame with
     /// sequence number `seq` is the last.
     pub preroll: Vec<Frame>,
+    /// The detection came at the end of the phrase (a built-in wake word), not ~0.8 s after it (a template).
+    pub at_phrase_end: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,13 +191,15 @@ impl Rechunker {
 struct Engine {
     rp: Rustpotter,
     chunks: Rechunker,
+    /// Its detections come at the end of the phrase (the built-ins, eager).
+    at_phrase_end: bool,
 }
 
 impl Engine {
     fn new(rc: &RustpotterConfig) -> Result<Self, WakeError> {
         let rp = Rustpotter::new(rc).map_err(WakeError::Init)?;
         let chunks = Rechunker::new(rp.get_bytes_per_frame());
-        Ok(Engine { rp, chunks })
+        Ok(Engine { rp, chunks, at_phrase_end: rc.detector.eager })
     }
 
     fn reset(&mut self) {
@@ -308,7 +312,7 @@ impl Detector {
             gate::Verdict::Open => found = self.feed(&frame.pcm),
         }
         self.ring.push(frame);
-        let hit = found?;
+        let (hit, at_phrase_end) = found?;
         let t_ms = (seq + 1) * self.frame_ms;
         if self.last_detection_ms.is_some_and(|last| t_ms < last + self.refractory_ms) {
             self.stats.refractory_drops += 1;
@@ -317,7 +321,7 @@ impl Detector {
         self.last_detection_ms = Some(t_ms);
         self.stats.detections += 1;
         let preroll = self.ring.last(self.preroll_frames).cloned().collect();
-        Some(Detection { wakeword: hit.name, score: hit.score, avg_score: hit.avg_score, t_ms, seq, preroll })
+        Some(Detection { wakeword: hit.name, score: hit.score, avg_score: hit.avg_score, t_ms, seq, preroll, at_phrase_end })
     }
 
     /// Takes one frame without scoring it (a session is open: a wake word would not be acted on). The frame
@@ -349,14 +353,15 @@ impl Detector {
         self.engines.iter_mut().for_each(Engine::reset);
     }
 
-    /// Re-chunks into rustpotter frames, for each engine; the best detection if several complete at once.
-    fn feed(&mut self, pcm: &[i16]) -> Option<rustpotter::RustpotterDetection> {
+    /// Re-chunks into rustpotter frames, for each engine; the best detection if several complete at once, and
+    /// whether its engine fires at the end of the phrase.
+    fn feed(&mut self, pcm: &[i16]) -> Option<(rustpotter::RustpotterDetection, bool)> {
         self.stats.frames_scored += 1;
-        let mut best: Option<rustpotter::RustpotterDetection> = None;
+        let mut best: Option<(rustpotter::RustpotterDetection, bool)> = None;
         for e in &mut self.engines {
             if let Some(d) = e.chunks.feed(&mut e.rp, pcm, |_| {}) {
-                if best.as_ref().is_none_or(|b| d.score > b.score) {
-                    best = Some(d);
+                if best.as_ref().is_none_or(|b| d.score > b.0.score) {
+                    best = Some((d, e.at_phrase_end));
                 }
             }
         }
