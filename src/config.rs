@@ -720,11 +720,12 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
     for m in &c.wake.models {
         match m {
             ModelRef::File(path) if !path.is_file() => p.push(("wake.models", format!("{} is not a file", path.display()))),
-            ModelRef::Builtin(name) if crate::wake::builtin::find(name).is_none() => p.push((
-                "wake.models",
-                format!("there is no built-in wake word {name:?} (built-in: {})", crate::wake::builtin::names()),
-            )),
-            _ => {}
+            ModelRef::Builtin(name) => {
+                if let Err(e) = crate::wake::builtin::find(name) {
+                    p.push(("wake.models", e));
+                }
+            }
+            ModelRef::File(_) => {}
         }
     }
     match url::Url::parse(&s.url) {

@@ -44,13 +44,13 @@ pub fn default() -> &'static Builtin {
     &BUILTINS[0]
 }
 
-pub fn find(name: &str) -> Option<&'static Builtin> {
-    BUILTINS.iter().find(|b| b.name == name)
-}
-
-/// The names, for error messages: `jarvis, computer`.
-pub fn names() -> String {
-    BUILTINS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ")
+/// The built-in called `name`, or why there is none (naming the ones there are), for `check-config` and the
+/// detector alike.
+pub fn find(name: &str) -> Result<&'static Builtin, String> {
+    BUILTINS.iter().find(|b| b.name == name).ok_or_else(|| {
+        let names = BUILTINS.iter().map(|b| b.name).collect::<Vec<_>>().join(", ");
+        format!("there is no built-in wake word {name:?} (built-in: {names})")
+    })
 }
 
 #[cfg(test)]
@@ -72,7 +72,8 @@ mod tests {
             let mut rp = rustpotter::Rustpotter::new(&rustpotter::RustpotterConfig::default()).unwrap();
             rp.add_wakeword_from_buffer(b.name, b.model).unwrap_or_else(|e| panic!("{}: {e}", b.name));
         }
-        assert!(find("jarvis").is_some() && find("hey_jarvis").is_none());
+        assert!(find("jarvis").is_ok());
+        assert_eq!(find("hey_jarvis").unwrap_err(), "there is no built-in wake word \"hey_jarvis\" (built-in: jarvis)");
         assert_eq!(default().name, "jarvis");
     }
 }

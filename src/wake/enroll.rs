@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 
 use rustpotter::{RustpotterConfig, SampleFormat, WakewordRef, WakewordRefBuildFromBuffers, WakewordSave};
 
-
 use crate::audio::{self, SystemClock};
 use crate::config::{AudioConfig, FilePacing};
 
@@ -213,8 +212,7 @@ pub fn enroll(name: &str, samples: &[PathBuf], out: &Path) -> Result<Enrolled, E
         }
     }
     let scores: Vec<f32> = reports.iter().filter_map(|r| r.score).collect();
-    let list = |pick: &dyn Fn(&SampleReport) -> bool| reports.iter().filter(|r| pick(r)).map(|r| r.path.display().to_string()).collect::<Vec<_>>();
-    let unlike = list(&|r| r.score.is_some_and(|s| s < UNLIKE));
+    let unlike: Vec<String> = reports.iter().filter(|r| r.score.is_some_and(|s| s < UNLIKE)).map(|r| r.path.display().to_string()).collect();
     if unlike.len() * 2 > reports.len() {
         return Err(EnrollError::Mixed(unlike.join(", ")));
     }

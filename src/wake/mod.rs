@@ -216,10 +216,7 @@ fn engines(cfg: &WakeConfig, spec: FrameSpec) -> Result<Vec<Engine>, WakeError> 
     let mut files = Vec::new();
     for m in models {
         match m {
-            ModelRef::Builtin(name) => builtins.push(builtin::find(name).ok_or_else(|| WakeError::Load {
-                what: m.to_string(),
-                reason: format!("there is no such built-in wake word (built-in: {})", builtin::names()),
-            })?),
+            ModelRef::Builtin(name) => builtins.push(builtin::find(name).map_err(|reason| WakeError::Load { what: m.to_string(), reason })?),
             ModelRef::File(path) => files.push(path),
         }
     }
