@@ -3,6 +3,7 @@
 # voices change between espeak-ng versions; this script is how they were made, to re-make or extend them.
 #
 #   scripts/make-audio.sh            # everything below
+#   scripts/make-audio.sh answer     # only assets/answer.wav
 #
 # - tests/fixtures/wake/train/*.wav: "hey jarvis" in 8 synthetic voices, samples for `voxgate enroll`'s tests
 # - tests/fixtures/wake/*.wav + labels.tsv: streams in 6 OTHER voices with the wake word, confusable phrases
@@ -10,6 +11,7 @@
 #   word among other words)
 # (The built-in wake words are trained on real recordings instead: scripts/wake/.)
 # - assets/demo.wav: the demo recording (a voice not used for training)
+# - assets/answer.wav: what the demo's server says back after each command
 #
 # Needs: apt-get install espeak-ng sox
 set -euo pipefail
@@ -159,6 +161,15 @@ make_second_word() {
     with_noise "$work/clean.wav" "$dir/$name.wav" 0.003
 }
 
+# The demo server's answer: another voice than the user's, and no wake word in it.
+make_answer() {
+    say en-us+f3 165 55 "okay, done" assets/answer.wav
+}
+
+if [ "${1:-}" = answer ]; then
+    make_answer
+    exit 0
+fi
 make_training
 grep '^two-words' tests/fixtures/wake/labels.tsv > "$work/two-words.tsv" || true
 make_fixtures
@@ -171,4 +182,5 @@ else
     make_second_word
 fi
 make_demo
-echo "wrote tests/fixtures/wake/ and assets/demo.wav ($(soxi -D assets/demo.wav) s)"
+make_answer
+echo "wrote tests/fixtures/wake/, assets/answer.wav and assets/demo.wav ($(soxi -D assets/demo.wav) s)"

@@ -43,9 +43,15 @@ fn never_secret(meta: &tracing::Metadata<'_>) -> bool {
 
 /// Whether stderr is the journal stream systemd gave us.
 pub fn stderr_is_journal() -> bool {
-    let Ok(stream) = std::env::var("JOURNAL_STREAM") else { return false };
-    let Some((dev, ino)) = stream.split_once(':') else { return false };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
@@ -85,4 +91,63 @@ fn text_layer() -> Output {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     if timestamps { Box::new(layer) } else { Box::new(layer.without_time()) }
+}
+
+/// A rate limit for a log line a peer can make us write (a server's messages): `burst` lines at once, then one
+/// per `every`. Each line that may be written says how many were left out before it.
+#[derive(Debug)]
+pub struct Budget {
+    burst: u32,
+    every: std::time::Duration,
+    /// Lines that may still be written now, and when the next one is earned.
+    left: u32,
+    next: tokio::time::Instant,
+    /// Left out since the last line written.
+    skipped: u64,
+}
+
+impl Budget {
+    pub fn new(burst: u32, every: std::time::Duration) -> Budget {
+        Budget { burst, every, left: burst, next: tokio::time::Instant::now() + every, skipped: 0 }
+    }
+
+    /// Whether a line may be written now: `Some(left out before it)`, or `None` (counted).
+    pub fn take(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        if now >= self.next {
+            let earned = ((now - self.next).as_nanos() / self.every.as_nanos().max(1)) as u32 + 1;
+            self.left = self.left.saturating_add(earned).min(self.burst);
+            self.next = now + self.every;
+        }
+        if self.left == 0 {
+            self.skipped += 1;
+            return None;
+        }
+        self.left -= 1;
+        Some(std::mem::take(&mut self.skipped))
+    }
+
+    /// Lines left out since the last one written.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::Budget;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_then_one_line_per_period_each_saying_how_many_were_left_out() {
+        let mut b = Budget::new(3, Duration::from_secs(1));
+        let first: Vec<Option<u64>> = (0..10).map(|_| b.take()).collect();
+        assert_eq!(first, [Some(0), Some(0), Some(0), None, None, None, None, None, None, None]);
+        assert_eq!(b.skipped(), 7);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!((b.take(), b.take()), (Some(7), None));
+        // A long quiet spell earns the burst back, no more.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!((0..5).map(|_| b.take()).collect::<Vec<_>>(), [Some(1), Some(0), Some(0), None, None]);
+    }
 }

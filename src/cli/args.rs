@@ -103,11 +103,19 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
-    /// The whole pipeline on a bundled recording against an in-process server, printing the timeline.
+    /// The whole loop on a bundled recording against an in-process server that answers out loud, printing the
+    /// timeline.
     Demo {
         /// A WAV file to use instead of the bundled recording.
         #[arg(long, value_name = "FILE.wav")]
         file: Option<PathBuf>,
+        /// Where the chimes and answers play: an output device from `voxgate devices`, a FILE.wav (through ALSA's
+        /// file plugin), or "none" [default: "default" with a sound card, else played.wav in the demo's directory].
+        #[arg(long, value_name = "DEVICE|FILE.wav|none")]
+        speaker: Option<String>,
+        /// Nothing played, the recording processed as fast as it goes.
+        #[arg(long)]
+        fast: bool,
     },
 }
 
@@ -124,4 +132,3 @@ pub struct ClientArgs {
     #[arg(long)]
     pub json: bool,
 }
-

@@ -56,7 +56,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Enroll { name, out, samples } => tools::enroll(&name, &out, &samples),
         Command::Record { out, config, seconds } => tools::record(&out, config.as_deref(), seconds),
         Command::Serve { listen, record_dir, reply_wav } => serve::serve(&listen, record_dir, reply_wav.as_deref()),
-        Command::Demo { file } => serve::demo(file.as_deref()),
+        Command::Demo { file, speaker, fast } => serve::demo(file.as_deref(), speaker.as_deref(), fast),
         Command::Assets { dir } => tools::assets(&dir),
         Command::Status(a) => client::call(&a, Request::Status),
         Command::Trigger(a) => client::call(&a, Request::Trigger),

@@ -30,7 +30,14 @@ pub fn serve(listen: &str, record_dir: Option<PathBuf>, reply: Option<&Path>) ->
     })
 }
 
-pub fn demo(file: Option<&Path>) -> Result<(), CliError> {
-    crate::demo::run(file, &mut std::io::stdout().lock()).context("the demo failed")?;
+/// Runs in a process that has no other thread yet: playing into a WAV file, the demo's ALSA device is put in
+/// the environment before anything reads ALSA's configuration.
+pub fn demo(file: Option<&Path>, speaker: Option<&str>, fast: bool) -> Result<(), CliError> {
+    let demo = crate::demo::Demo::new(file, speaker, fast).context("cannot set the demo up")?;
+    if let Some(conf) = demo.alsa_config() {
+        // SAFETY: this thread is the only one: the runtime, the server and the daemon start after this.
+        unsafe { std::env::set_var("ALSA_CONFIG_PATH", conf) };
+    }
+    demo.run(&mut std::io::stdout().lock()).context("the demo failed")?;
     Ok(())
 }

@@ -72,6 +72,8 @@ pub const EVENTS_QUEUE: usize = 1024;
 const CALLS_QUEUE: usize = 16;
 /// Commands waiting for the supervisor.
 const COMMANDS_QUEUE: usize = 8;
+/// How long the end of a file or stdin source waits for what is still to be played.
+const PLAYBACK_FINISH: Duration = Duration::from_secs(30);
 
 /// Re-reads the configuration for a reload (the file given at start, with the environment on top).
 pub type Loader = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
@@ -228,6 +230,14 @@ impl Daemon {
         };
         if shutdown.is_cancelled() {
             health.stopping();
+        } else if !matches!(ctl.config.audio.source, SourceSpec::Device(_)) {
+            // A file or stdin ended: what is still to be said is heard first (a device source ending is a failure).
+            tokio::select! {
+                r = tokio::time::timeout(PLAYBACK_FINISH, ctl.speaker.finish()) => if r.is_err() {
+                    tracing::warn!("playback still busy {} s after the end of the source: cut short", PLAYBACK_FINISH.as_secs());
+                },
+                _ = shutdown.cancelled() => health.stopping(),
+            }
         }
         server_stop.cancel();
         if let Some(server) = server {
@@ -258,11 +268,23 @@ impl Daemon {
             tracing::info!(source = %source_name, "end of source");
         }
         let frame_ms = config.audio.frame_ms as u64;
-        let summary =
-            Summary { frames: counters.audio_frames, audio_ms: counters.audio_frames * frame_ms, overruns: counters.overruns, detector, sessions: totals };
+        let summary = Summary {
+            frames: counters.audio_frames,
+            audio_ms: counters.audio_frames * frame_ms,
+            overruns: counters.overruns,
+            detector,
+            sessions: totals,
+        };
         let scored = summary.detector.map_or(0, |d| d.frames_scored);
-        tracing::info!(frames = summary.frames, overruns = summary.overruns, frames_scored = scored, sessions = summary.sessions.sessions,
-            "captured {} ms of audio; the wake-word detector scored {} frames of it", summary.audio_ms, scored);
+        tracing::info!(
+            frames = summary.frames,
+            overruns = summary.overruns,
+            frames_scored = scored,
+            sessions = summary.sessions.sessions,
+            "captured {} ms of audio; the wake-word detector scored {} frames of it",
+            summary.audio_ms,
+            scored
+        );
         Ok(summary)
     }
 }

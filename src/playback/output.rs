@@ -7,7 +7,7 @@
 //! whole: the callback only copies, never waits or allocates. It reports the first sample written and, after
 //! the clip and a short tail of silence (so closing the device does not cut the end), that it is done. A
 //! device that cannot be opened is reported once and not tried again before a backoff (0.5 s, doubling to
-//! 8 s) has passed; a device lost while playing ends the clip with the error.
+//! 8 s) has passed; a device lost while playing ends the clip with the error, and the next clip opens it afresh.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,19 +28,36 @@ const RETRY_MAX: Duration = Duration::from_secs(8);
 
 /// What the thread is asked.
 pub enum Command {
-    Play { id: u64, clip: Arc<Clip> },
+    Play {
+        id: u64,
+        clip: Arc<Clip>,
+    },
     /// Stop clip `id` (playing or waiting), or for `None` whatever plays and waits.
-    Stop { id: Option<u64>, reason: &'static str },
+    Stop {
+        id: Option<u64>,
+        reason: &'static str,
+    },
 }
 
 /// What the thread tells.
 #[derive(Debug)]
 pub enum Report {
     /// The first sample of clip `id` was handed to the device at `at`.
-    Started { id: u64, at: Instant, device: String },
-    Ended { id: u64, played_ms: u64, reason: String },
+    Started {
+        id: u64,
+        at: Instant,
+        device: String,
+    },
+    Ended {
+        id: u64,
+        played_ms: u64,
+        reason: String,
+    },
     /// Clip `id` could not be played at all.
-    Failed { id: u64, error: String },
+    Failed {
+        id: u64,
+        error: String,
+    },
 }
 
 /// Where to play and how loud.
@@ -93,8 +110,10 @@ struct Playing {
 }
 
 impl Playing {
-    fn played_ms(&self) -> u64 {
-        (self.position.load(Ordering::Relaxed).min(self.clip_len) * 1000 / self.per_second.max(1)) as u64
+    /// Closes the stream, so that a clip reported ended is off the device: its id and how much of it played.
+    fn close(self) -> (u64, u64) {
+        let played = (self.position.load(Ordering::Relaxed).min(self.clip_len) * 1000 / self.per_second.max(1)) as u64;
+        (self.id, played)
     }
 }
 
@@ -138,7 +157,8 @@ fn run(config: OutputConfig, commands: crossbeam_channel::Receiver<Command>, rep
                     }
                     player.waiting = waiting.into_iter().filter(|(w, _)| id.is_some_and(|i| i != *w)).collect();
                     if let Some(p) = player.current.take_if(|p| id.is_none_or(|i| i == p.id)) {
-                        player.report(Report::Ended { id: p.id, played_ms: p.played_ms(), reason: reason.into() });
+                        let (id, played_ms) = p.close();
+                        player.report(Report::Ended { id, played_ms, reason: reason.into() });
                         player.next();
                     }
                 }
@@ -151,14 +171,18 @@ fn run(config: OutputConfig, commands: crossbeam_channel::Receiver<Command>, rep
                 }
                 Ok(Signal::Done(id)) => {
                     if let Some(p) = player.current.take_if(|p| p.id == id) {
-                        player.report(Report::Ended { id, played_ms: p.played_ms(), reason: "done".into() });
+                        let (id, played_ms) = p.close();
+                        player.report(Report::Ended { id, played_ms, reason: "done".into() });
                         player.next();
                     }
                 }
                 Ok(Signal::Lost(id, e)) => {
                     if let Some(p) = player.current.take_if(|p| p.id == id) {
-                        tracing::warn!("playback device {} failed while playing: {e}", player.config.device);
-                        player.report(Report::Ended { id, played_ms: p.played_ms(), reason: format!("device failed: {e}") });
+                        tracing::warn!("playback device {} failed while playing: {e}; trying it again at the next sound", player.config.device);
+                        // Said again once it plays: "works again".
+                        player.failing = true;
+                        let (id, played_ms) = p.close();
+                        player.report(Report::Ended { id, played_ms, reason: format!("device failed: {e}") });
                         player.next();
                     }
                 }
@@ -189,7 +213,9 @@ impl Player {
     /// Starts the next waiting clip, if any.
     fn next(&mut self) {
         while self.current.is_none() {
-            let Some((id, clip)) = self.waiting.pop_front() else { return };
+            let Some((id, clip)) = self.waiting.pop_front() else {
+                return;
+            };
             self.start(id, clip);
         }
     }
@@ -293,12 +319,13 @@ fn prepare(clip: &Clip, rate: u32, channels: u16, volume: f32) -> Result<(Vec<i1
     let mono: Vec<i16> = if rate == clip.rate {
         clip.samples.to_vec()
     } else {
-        let mut out: Vec<i16> =
-            crate::audio::convert::resample_all(&clip.samples, clip.rate, rate, 1024).map_err(|e| e.to_string())?.concat();
+        let mut out: Vec<i16> = crate::audio::convert::resample_all(&clip.samples, clip.rate, rate, 1024).map_err(|e| e.to_string())?.concat();
         out.truncate((clip.samples.len() as u64 * rate as u64).div_ceil(clip.rate as u64) as usize);
         out
     };
-    let scale = |s: i16| if volume >= 1.0 { s } else { (s as f32 * volume).round() as i16 };
+    let scale = |s: i16| {
+        if volume >= 1.0 { s } else { (s as f32 * volume).round() as i16 }
+    };
     let mut data: Vec<i16> = mono.iter().flat_map(|s| std::iter::repeat_n(scale(*s), channels as usize)).collect();
     let clip_len = data.len();
     data.resize(clip_len + rate as usize * channels as usize * TAIL_MS / 1000, 0);

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::echo::Echo;
 use super::fetch::Fetcher;
 use super::output::{Command, Output, OutputConfig, Report};
-use super::echo::Echo;
 use super::{Answer, Clip, Sounds};
 use crate::config::Config;
 use crate::session::{EndReason, Event, Reporter, State};
@@ -24,11 +24,16 @@ pub const ANSWERS_QUEUE: usize = 4;
 /// What the control socket asks.
 pub enum Request {
     /// Play a file or an http(s) URL; answered with its length once it starts, or why it cannot.
-    Say { what: String, reply: oneshot::Sender<Result<u64, String>> },
+    Say {
+        what: String,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
     Stop,
     /// Use these from now on (a reload): what plays is stopped, the output reopened. The echo of the setup is
     /// ignored: the detector thread keeps the one it has.
     Reconfigure(Box<Setup>),
+    /// Answered once nothing plays, waits or loads: the end of a file source lets the last answer be heard.
+    Finish(oneshot::Sender<()>),
 }
 
 /// The handle the daemon keeps.
@@ -50,6 +55,14 @@ impl Speaker {
 
     pub async fn reconfigure(&self, setup: Setup) {
         let _ = self.requests.send(Request::Reconfigure(Box::new(setup))).await;
+    }
+
+    /// Returns once what plays, waits or loads is done (at once when nothing does, or playback is off).
+    pub async fn finish(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.requests.send(Request::Finish(reply)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -104,6 +117,10 @@ struct Task {
     started: HashMap<u64, std::time::Instant>,
     said: HashMap<u64, Vec<std::time::Duration>>,
     analysed: mpsc::UnboundedSender<(u64, Vec<std::time::Duration>)>,
+    /// Files and URLs being read or fetched.
+    loading: usize,
+    /// Who waits for all of it to be done ([`Request::Finish`]).
+    finishing: Vec<oneshot::Sender<()>>,
 }
 
 impl Task {
@@ -141,7 +158,10 @@ impl Task {
     fn echo_windows(&mut self, id: u64) {
         if let (Some(start), Some(said)) = (self.started.get(&id), self.said.get(&id)) {
             if !said.is_empty() {
-                tracing::debug!("the answer says the wake word {} s in: ignored from the microphone then", said.iter().map(|d| format!("{:.1}", d.as_secs_f32())).collect::<Vec<_>>().join(", "));
+                tracing::debug!(
+                    "the answer says the wake word {} s in: ignored from the microphone then",
+                    said.iter().map(|d| format!("{:.1}", d.as_secs_f32())).collect::<Vec<_>>().join(", ")
+                );
             }
             self.echo.add(*start, said);
         }
@@ -175,7 +195,9 @@ impl Task {
     fn report(&mut self, r: Report) {
         match r {
             Report::Started { id, at, device } => {
-                let Some((what, kind, ms)) = self.live.get(&id).cloned() else { return };
+                let Some((what, kind, ms)) = self.live.get(&id).cloned() else {
+                    return;
+                };
                 if kind == Kind::Answer {
                     self.started.insert(id, at);
                     self.echo_windows(id);
@@ -186,7 +208,9 @@ impl Task {
                 self.reporter.emit(Event::PlaybackStart { what, kind: kind.as_str().into(), duration_ms: ms });
             }
             Report::Ended { id, played_ms, reason } => {
-                let Some((what, kind, _)) = self.live.remove(&id) else { return };
+                let Some((what, kind, _)) = self.live.remove(&id) else {
+                    return;
+                };
                 self.started.remove(&id);
                 self.said.remove(&id);
                 if kind == Kind::Answer && reason != "done" {
@@ -197,7 +221,9 @@ impl Task {
                 self.reporter.emit(Event::PlaybackEnd { what, played_ms, reason });
             }
             Report::Failed { id, error } => {
-                let Some((what, _, _)) = self.live.remove(&id) else { return };
+                let Some((what, _, _)) = self.live.remove(&id) else {
+                    return;
+                };
                 tracing::debug!("not played: {what}: {error}");
                 self.reporter.emit(Event::PlaybackEnd { what, played_ms: 0, reason: format!("failed: {error}") });
             }
@@ -247,8 +273,15 @@ async fn run(
         started: HashMap::new(),
         said: HashMap::new(),
         analysed,
+        loading: 0,
+        finishing: Vec::new(),
     };
-    let load_off = |fetcher: &Option<Arc<Fetcher>>, what: String, bearer: Option<String>, reply: Option<oneshot::Sender<Result<u64, String>>>| {
+    let load_off = |task: &mut Task,
+                    fetcher: &Option<Arc<Fetcher>>,
+                    what: String,
+                    bearer: Option<String>,
+                    reply: Option<oneshot::Sender<Result<u64, String>>>| {
+        task.loading += 1;
         let (fetcher, tx) = (fetcher.clone(), loaded_tx.clone());
         tokio::task::spawn_blocking(move || {
             let clip = load(&what, bearer.as_deref(), fetcher.as_deref());
@@ -272,7 +305,7 @@ async fn run(
             a = answers.recv() => match a {
                 Some(Answer::Url { url, bearer }) => {
                     if task.output.is_some() && !task.muted() {
-                        load_off(&fetcher, url, bearer.map(|t| t.expose().to_string()), None);
+                        load_off(&mut task, &fetcher, url, bearer.map(|t| t.expose().to_string()), None);
                     }
                 }
                 Some(Answer::Pcm(clip)) => {
@@ -288,7 +321,7 @@ async fn run(
                     } else if task.muted() {
                         let _ = reply.send(Err("muted: unmute first".into()));
                     } else {
-                        load_off(&fetcher, what, None, Some(reply));
+                        load_off(&mut task, &fetcher, what, None, Some(reply));
                     }
                 }
                 Some(Request::Stop) => task.stop(None, "stopped"),
@@ -304,9 +337,12 @@ async fn run(
                     task.config = Arc::new(setup.config);
                     fetcher = setup.fetcher;
                 }
+                Some(Request::Finish(reply)) => task.finishing.push(reply),
                 None => return,
             },
-            Some((clip, reply)) = loaded.recv() => match clip {
+            Some((clip, reply)) = loaded.recv() => {
+                task.loading -= 1;
+                match clip {
                 Ok(clip) => {
                     let ms = clip.duration_ms();
                     // A newer answer replaces one still playing; chimes finish first.
@@ -322,13 +358,18 @@ async fn run(
                     }
                     task.failed(format!("cannot play the answer: {e}"));
                 }
-            },
+            }},
             Some(r) = reports.recv() => task.report(r),
             Some((id, found)) = analyses.recv() => {
                 if task.live.contains_key(&id) {
                     task.said.insert(id, found);
                     task.echo_windows(id);
                 }
+            }
+        }
+        if !task.finishing.is_empty() && task.live.is_empty() && task.loading == 0 && answers.is_empty() {
+            for f in task.finishing.drain(..) {
+                let _ = f.send(());
             }
         }
     }

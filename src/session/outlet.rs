@@ -35,6 +35,8 @@ pub(super) struct Wire {
     pub sent: Arc<AtomicU64>,
     /// A send failed on the detector thread: the writer task ends the session with it.
     pub failed: Option<WsError>,
+    /// A frame the connection gave back, its write buffer full: sent before any other.
+    pub pending: Option<Message>,
 }
 
 impl Direct {
@@ -76,18 +78,68 @@ impl Wire {
     fn try_pump(&mut self, queue: &SessionQueue, cx: &mut Context<'_>) -> Result<(), WsError> {
         let mut sink = Pin::new(&mut self.sink);
         loop {
-            match sink.as_mut().poll_ready(cx) {
-                Poll::Pending => return Ok(()),
-                Poll::Ready(r) => r?,
+            let Poll::Ready(r) = sink.as_mut().poll_ready(cx) else {
+                return Ok(());
+            };
+            if given_back(&mut self.pending, r)? {
+                // The pongs a flood of pings asks for filled the write buffer: the frame it gave back waits until
+                // they are written (the flush wakes this side when it can go on).
+                let Poll::Ready(r) = sink.as_mut().poll_flush(cx) else {
+                    return Ok(());
+                };
+                r?;
+                continue;
             }
-            let Some(f) = queue.pop() else { break };
-            sink.as_mut().start_send(self.codec.audio(f.seq.saturating_sub(self.base), &f.pcm))?;
-            self.sent.fetch_add(1, Ordering::Relaxed);
-        }
-        match sink.poll_flush(cx) {
-            Poll::Ready(Err(e)) => Err(e),
-            _ => Ok(()),
+            let message = match self.pending.take() {
+                Some(m) => m,
+                None => match queue.pop() {
+                    Some(f) => {
+                        self.sent.fetch_add(1, Ordering::Relaxed);
+                        self.codec.audio(f.seq.saturating_sub(self.base), &f.pcm)
+                    }
+                    None => {
+                        let Poll::Ready(r) = sink.as_mut().poll_flush(cx) else {
+                            return Ok(());
+                        };
+                        if given_back(&mut self.pending, r)? {
+                            continue;
+                        }
+                        return Ok(());
+                    }
+                },
+            };
+            sink.as_mut().start_send(message)?;
         }
     }
 }
 
+/// The result of a write into the connection: `true` when it gave the message back because its write buffer
+/// was full (kept in `pending`, to be sent first once there is room), an error when it failed.
+fn given_back(pending: &mut Option<Message>, r: Result<(), WsError>) -> Result<bool, WsError> {
+    match r {
+        Ok(()) => Ok(false),
+        Err(WsError::WriteBufferFull(back)) => {
+            *pending = Some(*back);
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `sink.send(message)`, waiting while the write buffer is full: the pongs a flood of pings asks for can fill
+/// it, and a message then waits for them to be written instead of failing the session.
+pub async fn send_when_room<S>(sink: &mut S, mut message: Message) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    use futures_util::SinkExt;
+    loop {
+        match sink.send(message).await {
+            Err(WsError::WriteBufferFull(back)) => {
+                message = *back;
+                sink.flush().await?;
+            }
+            r => return r,
+        }
+    }
+}

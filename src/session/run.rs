@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::connect::{Connected, Params, connect};
 use super::homeassistant::{self as ha, Kind};
-use super::outlet::{Direct, Wire};
+use super::outlet::{Direct, Wire, send_when_room};
 use super::protocol::{ClientMessage, Reply, ReplyError};
 use tokio::sync::watch;
 
@@ -125,7 +125,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     if let Some(hp) = &p.ha {
         // The run: its answer and its `run-start` come before any audio, within the connect timeout.
         let begun = async {
-            sink.send(ha::run_command(hp, run_id, pipeline.as_deref(), p.sample_rate, req.wakeword.as_deref()))
+            send_when_room(&mut sink, ha::run_command(hp, run_id, pipeline.as_deref(), p.sample_rate, req.wakeword.as_deref()))
                 .await
                 .map_err(|e| (EndReason::Error, format!("cannot send the run to {url}: {e}")))?;
             begin(&mut stream, codec, p, reporter, &session).await
@@ -163,7 +163,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         host: p.host.clone(),
     };
     if let Some(first) = codec.start(&start, p.sample_rate) {
-        if let Err(e) = sink.send(first).await {
+        if let Err(e) = send_when_room(&mut sink, first).await {
             queue.finish(EndReason::Error);
             return summary(EndReason::Error, Some(format!("cannot send start to {url}: {e}")), 0, queue.len() as u64);
         }
@@ -176,7 +176,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     // Every message read: during the drain, Home Assistant's run is alive as long as events keep coming.
     let progress = Arc::new(tokio::sync::Notify::new());
     let direct = Arc::new(Direct {
-        wire: Mutex::new(Some(Wire { sink, codec, base: req.first_seq, sent: sent.clone(), failed: None })),
+        wire: Mutex::new(Some(Wire { sink, codec, base: req.first_seq, sent: sent.clone(), failed: None, pending: None })),
         waker: queue.waker(),
     });
     queue.attach(direct.clone());
@@ -187,21 +187,25 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
             let reason = loop {
                 {
                     let mut guard = direct.lock();
-                    let Some(wire) = guard.as_mut() else { return Err(WsError::AlreadyClosed) };
+                    let Some(wire) = guard.as_mut() else {
+                        return Err(WsError::AlreadyClosed);
+                    };
                     wire.pump(&queue, &mut Context::from_waker(&direct.waker));
                     if let Some(e) = wire.failed.take() {
                         return Err(e);
                     }
-                    if let Some(reason) = queue.drained() {
+                    if let Some(reason) = queue.drained().filter(|_| wire.pending.is_none()) {
                         break reason;
                     }
                 }
                 queue.wait().await;
             };
-            let Some(Wire { mut sink, .. }) = direct.lock().take() else { return Err(WsError::AlreadyClosed) };
+            let Some(Wire { mut sink, .. }) = direct.lock().take() else {
+                return Err(WsError::AlreadyClosed);
+            };
             if reason != EndReason::Error {
                 if let Some(end) = codec.end(reason, sent.load(Ordering::Relaxed), queue.dropped()) {
-                    sink.send(end).await?;
+                    send_when_room(&mut sink, end).await?;
                 }
                 end_sent.store(true, Ordering::Release);
             }
@@ -214,6 +218,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         let (discarded, server_detail, progress, p) = (discarded.clone(), server_detail.clone(), progress.clone(), p.clone());
         async move {
             let mut replies = 0u64;
+            let mut log = ServerLog::new();
             while let Some(msg) = stream.next().await {
                 let msg = match msg {
                     Ok(m) => m,
@@ -263,7 +268,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
                                 queue.finish(EndReason::Server);
                                 discarded.fetch_add(queue.clear() as u64, Ordering::Relaxed);
                             }
-                            pipeline_event(&kind, v, &reporter, &session, &p);
+                            pipeline_event(&kind, v, &reporter, &session, &p, &mut log);
                             if kind == Kind::RunEnd {
                                 return ReaderEnd::Final;
                             }
@@ -271,7 +276,9 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
                         }
                     };
                     let value = super::protocol::shown(value);
-                    tracing::info!(event = "server_message", "server: {value}");
+                    if log.admit() {
+                        tracing::info!(event = "server_message", "server: {value}");
+                    }
                     reporter.emit(Event::ServerMessage { session: session.clone(), message: value });
                     if done {
                         return ReaderEnd::Final;
@@ -398,6 +405,7 @@ async fn begin(
 ) -> Result<u8, (EndReason, String)> {
     let failed = |detail: String| (EndReason::Error, detail);
     let mut handler = None;
+    let mut log = ServerLog::new();
     while let Some(msg) = stream.next().await {
         let msg = msg.map_err(|e| failed(format!("connection failed before the run started: {e}")))?;
         if let Message::Close(frame) = &msg {
@@ -413,15 +421,21 @@ async fn begin(
             Err(e) => return Err(failed(e.to_string())),
         };
         for reply in replies {
-            let Reply::Pipeline(kind, value) = reply else { continue };
+            let Reply::Pipeline(kind, value) = reply else {
+                continue;
+            };
             if kind == Kind::RunStart {
                 handler = Some(ha::handler_of(&value).ok_or_else(|| failed("Home Assistant's run-start names no stt_binary_handler_id".into()))?);
             }
             let code = ha::error_code(&value).map(ha::clip);
-            pipeline_event(&kind, value, reporter, session, p);
+            pipeline_event(&kind, value, reporter, session, p, &mut log);
             match kind {
-                Kind::SttStart => return handler.ok_or_else(|| failed("Home Assistant sent stt-start before run-start".into())),
-                _ if kind.stops_audio() => return Err((EndReason::Server, code.unwrap_or_else(|| "the run ended before it read any audio".into()))),
+                Kind::SttStart => {
+                    return handler.ok_or_else(|| failed("Home Assistant sent stt-start before run-start".into()));
+                }
+                _ if kind.stops_audio() => {
+                    return Err((EndReason::Server, code.unwrap_or_else(|| "the run ended before it read any audio".into())));
+                }
                 _ => {}
             }
         }
@@ -430,8 +444,10 @@ async fn begin(
 }
 
 /// Logs and publishes one pipeline event, keeps `status` up to date, and asks for the spoken answer to be played.
-fn pipeline_event(kind: &Kind, value: serde_json::Value, reporter: &Reporter, session: &str, p: &Params) {
-    ha::log_event(kind, &value);
+fn pipeline_event(kind: &Kind, value: serde_json::Value, reporter: &Reporter, session: &str, p: &Params, log: &mut ServerLog) {
+    if log.admit() {
+        ha::log_event(kind, &value);
+    }
     match kind {
         Kind::TtsEnd => match ha::speech_url(&value).map(|u| (u, ha::absolute_url(&p.url, u))) {
             Some((_, Some(url))) => {
@@ -460,4 +476,40 @@ fn pipeline_event(kind: &Kind, value: serde_json::Value, reporter: &Reporter, se
         _ => {}
     }
     reporter.emit(Event::ServerMessage { session: session.to_string(), message: super::protocol::shown(value) });
+}
+
+/// Server messages logged at once, at most; then [`SERVER_LOG_EVERY`] apart.
+const SERVER_LOG_BURST: u32 = 20;
+const SERVER_LOG_EVERY: Duration = Duration::from_millis(100);
+
+/// A session's server messages in the log: every one at the rate a speech server replies, but whatever a server
+/// sends, at most [`SERVER_LOG_BURST`] at once and then ten a second. What is left out is counted in a line
+/// before the next one logged, and at the end of the session. (Events carry every message.)
+struct ServerLog(crate::logging::Budget);
+
+impl ServerLog {
+    fn new() -> ServerLog {
+        ServerLog(crate::logging::Budget::new(SERVER_LOG_BURST, SERVER_LOG_EVERY))
+    }
+
+    /// Whether to log this message.
+    fn admit(&mut self) -> bool {
+        match self.0.take() {
+            None => false,
+            Some(0) => true,
+            Some(n) => {
+                tracing::info!(skipped = n, "{n} server messages not logged: more than {SERVER_LOG_BURST} at once or 10 a second");
+                true
+            }
+        }
+    }
+}
+
+impl Drop for ServerLog {
+    fn drop(&mut self) {
+        let n = self.0.skipped();
+        if n > 0 {
+            tracing::info!(skipped = n, "{n} server messages not logged: more than {SERVER_LOG_BURST} at once or 10 a second");
+        }
+    }
 }

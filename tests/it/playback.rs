@@ -81,11 +81,7 @@ fn muted_stopped_and_a_missing_device() {
     events.event(|e| e["event"] == "state" && e["state"] == "listening");
     drop(d);
 
-    let d = TestDaemon::spawn(
-        &format!("{}\n[playback]\ndevice = \"alsa:no-such-device\"\n", config_text("ws://127.0.0.1:9/", "info")),
-        true,
-        &[],
-    );
+    let d = TestDaemon::spawn(&format!("{}\n[playback]\ndevice = \"alsa:no-such-device\"\n", config_text("ws://127.0.0.1:9/", "info")), true, &[]);
     let mut events = d.connect();
     assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
     for _ in 0..2 {
@@ -95,6 +91,39 @@ fn muted_stopped_and_a_missing_device() {
     }
     assert_eq!(d.log().matches("cannot play through alsa:no-such-device").count(), 1, "logged once:\n{}", d.log());
     assert_eq!(d.status()["state"], "listening");
+}
+
+/// A device lost while it plays (the FIFO's reader goes away, as a speaker unplugged): the sound ends with the
+/// device's error, which is logged, and the daemon goes on; once the device is back, the next sound plays on it.
+#[test]
+fn a_device_lost_while_playing_is_reported_and_played_on_once_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = dir.path().join("long.wav");
+    write_wav(&long, 16000, &tone(16000 * 20));
+    let short = dir.path().join("short.wav");
+    let other: Vec<i16> = (0..8000).map(|i| ((i as f32 * 0.031).sin() * 5000.0) as i16 - (i % 89) as i16).collect();
+    write_wav(&short, 16000, &other);
+    // Real time: the 20 s clip is still playing when the device goes.
+    let mut speaker = FakeSpeaker::new(Some(32000));
+    let d = daemon_with(&speaker, "");
+    let mut events = d.connect();
+    assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
+    assert_eq!(d.connect().call(json!({"cmd": "say", "what": long.to_str().unwrap()}))["ok"], true);
+    events.event(is("playback_start"));
+    speaker.wait_until(|b| b.len() >= 32000);
+    speaker.unplug();
+    let end = events.event(is("playback_end"));
+    assert!(end["reason"].as_str().unwrap().starts_with("device failed"), "{end}");
+    assert!(end["played_ms"].as_u64().unwrap() < 20000, "{end}");
+    assert_eq!(d.status()["state"], "listening");
+    assert!(d.log().contains("playback device alsa:fakespk failed while playing"), "{}", d.log());
+
+    speaker.plug();
+    assert_eq!(d.connect().call(json!({"cmd": "say", "what": short.to_str().unwrap()}))["ok"], true);
+    let end = events.event(is("playback_end"));
+    assert_eq!((end["reason"].as_str(), end["played_ms"].as_u64()), (Some("done"), Some(500)), "{end}");
+    speaker.wait_until(|b| find_samples(b, &other).is_some());
+    assert!(d.log().contains("playback device alsa:fakespk works again"), "{}", d.log());
 }
 
 /// A file with two wake words: each plays the wake chime, then the end chime once the session stops listening;
@@ -115,7 +144,10 @@ fn chimes_on_the_wake_word_and_at_the_end_leave_the_sessions_unchanged() {
     let ends = |d: &mut TestDaemon| {
         assert_eq!(d.wait(crate::support::PATIENCE).code(), Some(0), "{}", d.log());
         let log = d.log();
-        log.lines().filter(|l| l.contains("event=\"session_end\"")).map(|l| l.split("frames_sent=").nth(1).unwrap_or("").to_string()).collect::<Vec<_>>()
+        log.lines()
+            .filter(|l| l.contains("event=\"session_end\""))
+            .map(|l| l.split("frames_sent=").nth(1).unwrap_or("").to_string())
+            .collect::<Vec<_>>()
     };
     let mut plain = TestDaemon::launch(&config("none"), false, &[], false);
     let without = ends(&mut plain);
@@ -258,4 +290,46 @@ fn a_reload_switches_playback_on_and_refuses_a_bad_sound() {
     let refused = ctl.call(json!({"cmd": "reload"}));
     assert!(refused["ok"] == false && refused["error"].as_str().unwrap().contains("playback.wake_sound"), "{refused}");
     assert_eq!(ctl.call(json!({"cmd": "say", "what": wav.to_str().unwrap()}))["ok"], true, "still playing after a refused reload");
+}
+
+/// `voxgate demo` where there is no sound card: the whole loop at real time, each wake word giving the wake
+/// chime, a session, the end chime and the server's answer, all played through a real output stream (ALSA's
+/// file plugin) into a WAV file that holds each of them bit for bit, in order, and nothing else.
+#[test]
+fn the_demo_plays_the_loop_into_a_wav_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let played = dir.path().join("played.wav");
+    let out = crate::support::voxgate().args(["demo", "--speaker"]).arg(&played).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let count = |s: &str| stdout.matches(s).count();
+    assert_eq!(
+        (count("playing built-in wake chime"), count("playing built-in end chime"), count("playing the server's answer")),
+        (2, 2, 2),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 sessions") && stdout.contains(", 0 dropped, 6 sounds played") && !stdout.contains("not played"), "{stdout}");
+    assert!(stdout.contains(&format!("what was played is in {}", played.display())), "{stdout}");
+    let pcm: Vec<i16> = hound::WavReader::open(&played).unwrap().samples::<i16>().map(Result::unwrap).collect();
+    let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let answer: Vec<i16> =
+        hound::WavReader::new(std::io::Cursor::new(voxgate::demo::ANSWER_WAV)).unwrap().samples::<i16>().map(Result::unwrap).collect();
+    let wake = voxgate::playback::chimes::wake().samples.to_vec();
+    let end = voxgate::playback::chimes::end().samples.to_vec();
+    // In order: wake chime, end chime, answer; twice. Between and after them only silence: each sound's 150 ms
+    // of closing silence, and what the device took while it was being closed.
+    let mut at = 0;
+    let mut outside = Vec::new();
+    for round in 0..2 {
+        for (what, clip) in [("wake chime", &wake), ("end chime", &end), ("answer", &answer)] {
+            let found = find_samples(&bytes[at * 2..], clip)
+                .unwrap_or_else(|| panic!("round {round}: the {what} is not in {} after sample {at}", played.display()));
+            outside.extend_from_slice(&pcm[at..at + found]);
+            assert!(at == 0 || found >= 2400, "round {round}: only {found} samples of silence before the {what}");
+            at += found + clip.len();
+        }
+    }
+    outside.extend_from_slice(&pcm[at..]);
+    assert!(outside.iter().all(|s| *s == 0), "something else was played");
+    assert!(pcm.len() - at >= 2400, "the answer's closing silence is missing");
 }

@@ -2,8 +2,8 @@
 //! misbehave on purpose.
 
 use std::sync::Arc;
-use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
@@ -123,7 +123,10 @@ async fn each_wake_word_streams_its_audio_bit_for_bit_and_ends_on_silence() {
         assert_eq!(r.start["trigger"], "wakeword");
         assert_eq!(r.start["wakeword"], "jarvis");
         // The pre-roll is 2 s, or all the audio before a detection that comes sooner.
-        assert_eq!((r.start["sample_rate"].as_u64(), r.start["frame_ms"].as_u64(), r.start["preroll_ms"].as_u64()), (Some(16000), Some(20), Some(t_ms.min(2000))));
+        assert_eq!(
+            (r.start["sample_rate"].as_u64(), r.start["frame_ms"].as_u64(), r.start["preroll_ms"].as_u64()),
+            (Some(16000), Some(20), Some(t_ms.min(2000)))
+        );
         assert!(r.gaps.is_empty(), "seq contiguous: {:?}", r.gaps);
         assert_eq!(r.end.as_ref().unwrap()["reason"], "silence");
         assert_eq!(r.end.as_ref().unwrap()["frames_sent"].as_u64(), Some(r.frames));
@@ -187,7 +190,12 @@ enum Misbehave {
     NoFinal,
     /// After 5 frames: a reply holding 900 KB of binary, then one holding 100 KB of text.
     HugeReplies,
+    /// After 5 frames: [`PINGS`] pings in a burst, each with its number as payload; it goes on reading.
+    PingFlood,
 }
+
+/// The pings of [`Misbehave::PingFlood`].
+const PINGS: u32 = 100_000;
 
 struct TestServer {
     url: String,
@@ -200,6 +208,8 @@ struct TestServer {
     seqs: tokio::sync::mpsc::UnboundedReceiver<(Vec<u64>, Option<serde_json::Value>)>,
     /// Per session, each frame's `seq` and its samples.
     audio: tokio::sync::mpsc::UnboundedReceiver<Vec<(u64, Vec<i16>)>>,
+    /// The payloads of the pongs received, in order.
+    pongs: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 }
 
 async fn test_server(how: Misbehave) -> TestServer {
@@ -216,23 +226,34 @@ async fn test_server(how: Misbehave) -> TestServer {
     let (audio_tx, audio) = tokio::sync::mpsc::unbounded_channel();
     let started = Arc::new(tokio::sync::Notify::new());
     let authorization = Arc::new(std::sync::Mutex::new(None));
-    let (r, n, st, auth) = (resume.clone(), received.clone(), started.clone(), authorization.clone());
+    let pongs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (r, n, st, auth, po) = (resume.clone(), received.clone(), started.clone(), authorization.clone(), pongs.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (r, n, tx, st, auth, audio_tx) = (r.clone(), n.clone(), tx.clone(), st.clone(), auth.clone(), audio_tx.clone());
+            let (r, n, tx, st, auth, audio_tx, po) = (r.clone(), n.clone(), tx.clone(), st.clone(), auth.clone(), audio_tx.clone(), po.clone());
             tokio::spawn(async move {
-                #[allow(clippy::result_large_err)] // the signature tungstenite's accept_hdr_async asks for
+                #[allow(clippy::result_large_err)]
+                // the signature tungstenite's accept_hdr_async asks for
                 let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
                     *auth.lock().unwrap() = req.headers().get("authorization").map(|v| v.to_str().unwrap_or_default().to_string());
                     Ok(resp)
                 };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+                    return;
+                };
                 let mut seqs = Vec::new();
                 let mut frames = Vec::new();
                 let mut end = None;
                 let mut started = false;
                 while let Some(Ok(msg)) = ws.next().await {
-                    let Message::Binary(b) = msg else { continue };
+                    let b = match msg {
+                        Message::Binary(b) => b,
+                        Message::Pong(p) => {
+                            po.lock().unwrap().push(p.to_vec());
+                            continue;
+                        }
+                        _ => continue,
+                    };
                     match ClientMessage::decode(&b) {
                         Ok(ClientMessage::Start { .. }) => {
                             started = true;
@@ -261,11 +282,20 @@ async fn test_server(how: Misbehave) -> TestServer {
                                     let _ = ws.send(reply(serde_json::json!({"type": "end"}))).await;
                                 }
                                 (Misbehave::HugeReplies, 5) => {
-                                    let audio = rmpv::Value::Map(vec![("type".into(), "say".into()), ("pcm".into(), rmpv::Value::Binary(vec![1u8; 900_000]))]);
+                                    let audio = rmpv::Value::Map(vec![
+                                        ("type".into(), "say".into()),
+                                        ("pcm".into(), rmpv::Value::Binary(vec![1u8; 900_000])),
+                                    ]);
                                     let mut bytes = Vec::new();
                                     rmpv::encode::write_value(&mut bytes, &audio).unwrap();
                                     let _ = ws.send(Message::Binary(Bytes::from(bytes))).await;
                                     let _ = ws.send(reply(serde_json::json!({"type": "partial", "text": "x".repeat(100_000)}))).await;
+                                }
+                                (Misbehave::PingFlood, 5) => {
+                                    for i in 0..PINGS {
+                                        let _ = ws.feed(Message::Ping(Bytes::from([i.to_be_bytes().to_vec(), vec![7u8; 121]].concat()))).await;
+                                    }
+                                    let _ = ws.flush().await;
                                 }
                                 (Misbehave::Oversized, 5) => {
                                     let _ = ws.send(Message::Binary(Bytes::from(vec![0u8; 2 << 20]))).await;
@@ -293,7 +323,7 @@ async fn test_server(how: Misbehave) -> TestServer {
             });
         }
     });
-    TestServer { url, started, authorization, resume, received, seqs, audio }
+    TestServer { url, started, authorization, resume, received, seqs, audio, pongs }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,8 +367,10 @@ async fn huge_replies_are_shown_shortened_and_the_session_goes_on() {
     let mut server = test_server(Misbehave::HugeReplies).await;
     let config = file_config(&fixtures().join("stream-en-us_m1.wav"), &server.url);
     let (_, events) = run(config).await;
-    let shown: Vec<&serde_json::Value> = events.iter().filter_map(|e| if let Event::ServerMessage { message, .. } = e { Some(message) } else { None }).collect();
-    let big: Vec<(&str, u64)> = shown.iter().filter(|m| m["truncated"] == true).map(|m| (m["type"].as_str().unwrap(), m["bytes"].as_u64().unwrap())).collect();
+    let shown: Vec<&serde_json::Value> =
+        events.iter().filter_map(|e| if let Event::ServerMessage { message, .. } = e { Some(message) } else { None }).collect();
+    let big: Vec<(&str, u64)> =
+        shown.iter().filter(|m| m["truncated"] == true).map(|m| (m["type"].as_str().unwrap(), m["bytes"].as_u64().unwrap())).collect();
     assert_eq!(big.iter().map(|b| b.0).collect::<Vec<_>>(), ["say", "partial"], "{big:?}");
     assert!(big[0].1 > 900_000 * 2 && big[1].1 > 100_000, "{big:?}");
     for m in &shown {
@@ -346,6 +378,34 @@ async fn huge_replies_are_shown_shortened_and_the_session_goes_on() {
     }
     assert!(ends(&events).iter().all(|e| e.reason == EndReason::Silence), "{:?}", ends(&events));
     assert!(server.seqs.recv().await.is_some());
+}
+
+/// A server that floods the session with pings while it goes on reading: the session is not ended by it, every
+/// frame still arrives in order, and the latest ping is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_is_answered_and_does_not_end_the_session() {
+    let mut server = test_server(Misbehave::PingFlood).await;
+    // Real time and no pre-roll: the flood comes while frames leave from the detector thread.
+    let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), &server.url);
+    config.audio.file_pacing = FilePacing::Realtime;
+    config.session.preroll_ms = 0;
+    config.session.max_ms = 2000;
+    let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(voxgate::daemon::run_with_events(config, stop.clone(), tx));
+    let end = loop {
+        if let Event::SessionEnd(s) = rx.recv().await.unwrap() {
+            break s;
+        }
+    };
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    assert_eq!(end.reason, EndReason::MaxDuration, "{end:?}");
+    let (seqs, _) = server.seqs.recv().await.unwrap();
+    assert_eq!(seqs.len() as u64, end.frames_sent, "{end:?}");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1) && end.frames_dropped == 0, "{end:?}: {seqs:?}");
+    let pongs = server.pongs.lock().unwrap().clone();
+    assert_eq!(pongs.last().map(|p| &p[..4]), Some(&(PINGS - 1).to_be_bytes()[..]), "{} pongs, none for the last ping", pongs.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,7 +500,13 @@ async fn a_stalled_server_costs_the_oldest_frames_and_no_memory() {
     assert!(seqs.windows(2).all(|w| w[1] > w[0]), "seq in capture order");
     assert_eq!(gaps, end["frames_dropped"].as_u64().unwrap(), "the seq gaps are the drop counter");
     assert_eq!(seqs.len() as u64, end["frames_sent"].as_u64().unwrap());
-    assert!(gaps > total_frames / 2, "most of the audio was dropped ({gaps} of {total_frames}); seqs {}..{} ({}), end {end}", seqs[0], seqs.last().unwrap(), seqs.len());
+    assert!(
+        gaps > total_frames / 2,
+        "most of the audio was dropped ({gaps} of {total_frames}); seqs {}..{} ({}), end {end}",
+        seqs[0],
+        seqs.last().unwrap(),
+        seqs.len()
+    );
     assert_eq!(*seqs.last().unwrap(), total_frames - 1, "the newest audio arrived");
     assert!(child.0.wait().unwrap().success());
 }
@@ -476,8 +542,12 @@ async fn wss_with_a_private_ca_in_ca_file() {
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 // A client that refuses our certificate fails here: nothing to report.
-                let Ok(stream) = acceptor.accept(tcp).await else { return };
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
                 let mut frames = 0;
                 while let Some(Ok(Message::Binary(b))) = ws.next().await {
                     match ClientMessage::decode(&b) {
@@ -559,11 +629,7 @@ async fn live_capture_sessions_are_bit_exact_and_sigterm_ends_one_with_shutdown(
     // A server that keeps the session open: SIGTERM mid-session sends `end` with `shutdown`, then exit 0.
     drop(child);
     let mut plain = test_server(Misbehave::Plain).await;
-    let mic = FakeMic::new(
-        source.iter().flat_map(|s| s.to_le_bytes()).collect(),
-        chunk,
-        std::time::Duration::from_millis(32),
-    );
+    let mic = FakeMic::new(source.iter().flat_map(|s| s.to_le_bytes()).collect(), chunk, std::time::Duration::from_millis(32));
     let mut child = live_daemon(&mic, &plain.url, &token, &[("VOXGATE_SESSION__END_SILENCE_MS", "10000")]);
     plain.started.notified().await;
     // SAFETY: signalling our own child.
@@ -621,13 +687,17 @@ async fn the_server_can_end_a_session_and_so_can_stop() {
     // of it: `stop_and_sigterm_while_connecting_…`).
     let mut server = test_server(Misbehave::Plain).await;
     let started = server.started.clone();
-    let (end, (_, msg)) = first_live_session(&mut server, |c| c.session.end_silence_ms = 10000, move |commands| {
-        let commands = commands.clone();
-        tokio::spawn(async move {
-            started.notified().await;
-            commands.try_send((voxgate::control::proto::Request::Stop, tokio::sync::oneshot::channel().0)).unwrap();
-        });
-    })
+    let (end, (_, msg)) = first_live_session(
+        &mut server,
+        |c| c.session.end_silence_ms = 10000,
+        move |commands| {
+            let commands = commands.clone();
+            tokio::spawn(async move {
+                started.notified().await;
+                commands.try_send((voxgate::control::proto::Request::Stop, tokio::sync::oneshot::channel().0)).unwrap();
+            });
+        },
+    )
     .await;
     assert_eq!(end.reason, EndReason::Stopped, "{end:?}");
     assert_eq!(msg.unwrap()["reason"], "stopped");
@@ -789,9 +859,7 @@ fn frames_leave_from_the_pushing_thread_while_the_runtime_is_busy() {
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let handle = rt.handle().clone();
-    let runtime = std::thread::spawn(move || {
-        rt.block_on(client::run(&params, request, &quiet_reporter()))
-    });
+    let runtime = std::thread::spawn(move || rt.block_on(client::run(&params, request, &quiet_reporter())));
     assert_eq!(heard.recv_timeout(WAIT), Ok(0), "the writer task sends what was queued before the connection");
 
     // Hold the runtime's only thread: no task of the session can run until it is let go.

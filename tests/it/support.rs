@@ -113,7 +113,9 @@ impl FakeMic {
             // cpal opens the device more than once while probing it: each time the reader goes away, start over.
             // The audio before the signal is silence, so whatever a probe left in the pipe is silence too.
             while !s.load(Ordering::Acquire) {
-                let Ok(mut f) = File::options().write(true).open(&path) else { return };
+                let Ok(mut f) = File::options().write(true).open(&path) else {
+                    return;
+                };
                 let mut pos = 0;
                 loop {
                     if s.load(Ordering::Acquire) {
@@ -160,10 +162,11 @@ use std::os::unix::fs::OpenOptionsExt;
 /// A fake speaker: ALSA's `file` plugin writing what is played into a FIFO, which a thread reads and keeps,
 /// as fast as it comes or at `bytes_per_second` (then the device plays at real time). Play to it as
 /// `playback.device = "alsa:fakespk"` with [`FakeSpeaker::alsa_config`] (which also holds a fake microphone's
-/// device when given one).
+/// device when given one). [`FakeSpeaker::unplug`] closes the FIFO's reading end, as a device that goes away.
 pub struct FakeSpeaker {
     pub dir: tempfile::TempDir,
     fifo: PathBuf,
+    bytes_per_second: Option<usize>,
     heard: Arc<(Mutex<Vec<u8>>, std::sync::Condvar)>,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
@@ -177,11 +180,20 @@ impl FakeSpeaker {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", fifo.display());
         let heard = Arc::new((Mutex::new(Vec::new()), std::sync::Condvar::new()));
+        let mut speaker = FakeSpeaker { dir, fifo, bytes_per_second, heard, stop: Arc::new(AtomicBool::new(false)), reader: None };
+        speaker.plug();
+        speaker
+    }
+
+    /// Starts reading the FIFO (again).
+    pub fn plug(&mut self) {
+        assert!(self.reader.is_none(), "plugged in already");
         let stop = Arc::new(AtomicBool::new(false));
-        let (h, s) = (heard.clone(), stop.clone());
+        self.stop = stop.clone();
+        let (h, s, bytes_per_second) = (self.heard.clone(), stop, self.bytes_per_second);
         // Opened for reading and writing, the FIFO never reports an end between clips (each opens the device
         // afresh), and what a clip writes is never lost in a reopening.
-        let mut f = File::options().read(true).write(true).open(&fifo).unwrap();
+        let mut f = File::options().read(true).write(true).open(&self.fifo).unwrap();
         if bytes_per_second.is_some() {
             // A real device holds a few tens of milliseconds, not the pipe's 64 KiB: at real time, the one page
             // the pipe can be shrunk to.
@@ -189,7 +201,7 @@ impl FakeSpeaker {
             // SAFETY: fcntl on a descriptor we own.
             assert!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) } >= 0);
         }
-        let reader = std::thread::spawn(move || {
+        self.reader = Some(std::thread::spawn(move || {
             let ticks = bytes_per_second.map(|_| crossbeam_channel::tick(Duration::from_millis(20)));
             let chunk = bytes_per_second.map(|b| (b / 50).max(2)).unwrap_or(64 * 1024);
             let mut buf = vec![0u8; chunk];
@@ -206,8 +218,20 @@ impl FakeSpeaker {
                     Ok(_) => return,
                 }
             }
-        });
-        FakeSpeaker { dir, fifo, heard, stop, reader: Some(reader) }
+        }));
+    }
+
+    /// Stops reading and closes the FIFO: a writer then gets an error, as from a device unplugged.
+    pub fn unplug(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // The reader may be waiting for data: give it a sample of silence (two bytes, so that what a new reader
+        // finds left in the pipe stays aligned).
+        if let Ok(mut w) = File::options().write(true).custom_flags(libc::O_NONBLOCK).open(&self.fifo) {
+            let _ = w.write_all(&[0, 0]);
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
     }
 
     /// An ALSA configuration with this speaker as `fakespk` (and `mic`'s device as `fakemic`).
@@ -243,14 +267,7 @@ impl FakeSpeaker {
 
 impl Drop for FakeSpeaker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // The reader may be waiting for data: give it a byte.
-        if let Ok(mut w) = File::options().write(true).custom_flags(libc::O_NONBLOCK).open(&self.fifo) {
-            let _ = w.write_all(&[0]);
-        }
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
+        self.unplug();
     }
 }
 
@@ -312,7 +329,14 @@ pub struct ServeChild {
 /// Starts `voxgate serve` and waits for its ready line, which gives its URL.
 pub fn serve_child() -> ServeChild {
     use std::io::BufRead;
-    let mut child = ChildGuard(voxgate().args(["serve", "--listen", "127.0.0.1:0"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap());
+    let mut child = ChildGuard(
+        voxgate()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let url = line.trim().strip_prefix("listening on ").expect(&line).to_string();
@@ -568,7 +592,6 @@ impl Raw {
         }
     }
 }
-
 
 pub fn is(kind: &str) -> impl Fn(&Value) -> bool + '_ {
     move |e| e["event"] == kind
