@@ -58,8 +58,12 @@ pub fn pcm_bytes(pcm: &[i16]) -> Vec<u8> {
     out
 }
 
-/// Decodes one MessagePack value as JSON, for logs and events: binary becomes an array of byte values, map
-/// keys become strings.
+/// Binary values up to this long are shown as arrays of byte values; longer ones by their length alone.
+const BINARY_SHOWN: usize = 64;
+
+/// Decodes one MessagePack value as JSON, for logs and events: a short binary value becomes an array of byte
+/// values, a longer one `{"bytes":N}` (as an array, each byte would take 32 bytes of memory), map keys become
+/// strings.
 pub fn msgpack_to_json(bytes: &[u8]) -> Result<serde_json::Value, String> {
     let mut rd = bytes;
     let value = rmpv::decode::read_value(&mut rd).map_err(|e| e.to_string())?;
@@ -78,7 +82,8 @@ fn to_json(v: rmpv::Value) -> serde_json::Value {
         rmpv::Value::F32(f) => serde_json::Number::from_f64(f as f64).map(J::Number).unwrap_or(J::Null),
         rmpv::Value::F64(f) => serde_json::Number::from_f64(f).map(J::Number).unwrap_or(J::Null),
         rmpv::Value::String(s) => J::String(s.into_str().unwrap_or_default()),
-        rmpv::Value::Binary(b) => J::Array(b.into_iter().map(J::from).collect()),
+        rmpv::Value::Binary(b) if b.len() <= BINARY_SHOWN => J::Array(b.into_iter().map(J::from).collect()),
+        rmpv::Value::Binary(b) => serde_json::json!({"bytes": b.len()}),
         rmpv::Value::Array(a) => J::Array(a.into_iter().map(to_json).collect()),
         rmpv::Value::Map(m) => J::Object(
             m.into_iter()
@@ -285,13 +290,23 @@ mod tests {
     fn large_messages_are_shown_shortened_with_their_size() {
         let small = serde_json::json!({"type": "partial", "text": "héllo"});
         assert_eq!(super::shown(small.clone()), small);
-        let mut bytes = Vec::new();
-        let say = rmpv::Value::Map(vec![("type".into(), "say".into()), ("pcm".into(), rmpv::Value::Binary(vec![7u8; 900_000]))]);
-        rmpv::encode::write_value(&mut bytes, &say).unwrap();
-        let audio = msgpack_to_json(&bytes).unwrap();
-        let full = audio.to_string().len();
-        let s = super::shown(audio);
-        assert_eq!((s["type"].as_str(), s["truncated"].as_bool(), s["bytes"].as_u64()), (Some("say"), Some(true), Some(full as u64)));
+        let encoded = |v: &rmpv::Value| {
+            let mut bytes = Vec::new();
+            rmpv::encode::write_value(&mut bytes, v).unwrap();
+            bytes
+        };
+        let numbers = rmpv::Value::Array((0..100_000).map(|i| rmpv::Value::from(i % 100)).collect());
+        let many = msgpack_to_json(&encoded(&rmpv::Value::Map(vec![("type".into(), "partial".into()), ("n".into(), numbers)]))).unwrap();
+        let full = many.to_string().len();
+        let s = super::shown(many);
+        assert_eq!((s["type"].as_str(), s["truncated"].as_bool(), s["bytes"].as_u64()), (Some("partial"), Some(true), Some(full as u64)));
+        // Binary values: short ones byte by byte, long ones by their length.
+        let say = rmpv::Value::Map(vec![
+            ("type".into(), "say".into()),
+            ("pcm".into(), rmpv::Value::Binary(vec![7u8; 900_000])),
+            ("id".into(), rmpv::Value::Binary(vec![1, 2])),
+        ]);
+        assert_eq!(msgpack_to_json(&encoded(&say)).unwrap(), serde_json::json!({"type": "say", "pcm": {"bytes": 900_000}, "id": [1, 2]}));
         assert!(s.to_string().len() < 2 * super::SHOWN_HEAD, "{s}");
         // Cut at a character boundary, and no type when there is none.
         let text = super::shown(serde_json::json!({"text": "é".repeat(10_000)}));

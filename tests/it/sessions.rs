@@ -192,6 +192,8 @@ enum Misbehave {
     HugeReplies,
     /// After 5 frames: [`PINGS`] pings in a burst, each with its number as payload; it goes on reading.
     PingFlood,
+    /// After 5 frames: 20 replies of 900 KB, then 2,000 small ones in a burst; then it tells `flooded`.
+    ReplyFlood,
 }
 
 /// The pings of [`Misbehave::PingFlood`].
@@ -210,6 +212,8 @@ struct TestServer {
     audio: tokio::sync::mpsc::UnboundedReceiver<Vec<(u64, Vec<i16>)>>,
     /// The payloads of the pongs received, in order.
     pongs: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    /// Notified when the flood of [`Misbehave::ReplyFlood`] is sent.
+    flooded: Arc<tokio::sync::Notify>,
 }
 
 async fn test_server(how: Misbehave) -> TestServer {
@@ -227,10 +231,12 @@ async fn test_server(how: Misbehave) -> TestServer {
     let started = Arc::new(tokio::sync::Notify::new());
     let authorization = Arc::new(std::sync::Mutex::new(None));
     let pongs = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (r, n, st, auth, po) = (resume.clone(), received.clone(), started.clone(), authorization.clone(), pongs.clone());
+    let flooded = Arc::new(tokio::sync::Notify::new());
+    let (r, n, st, auth, po, fl) = (resume.clone(), received.clone(), started.clone(), authorization.clone(), pongs.clone(), flooded.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (r, n, tx, st, auth, audio_tx, po) = (r.clone(), n.clone(), tx.clone(), st.clone(), auth.clone(), audio_tx.clone(), po.clone());
+            let (r, n, tx, st, auth, audio_tx, po, fl) =
+                (r.clone(), n.clone(), tx.clone(), st.clone(), auth.clone(), audio_tx.clone(), po.clone(), fl.clone());
             tokio::spawn(async move {
                 #[allow(clippy::result_large_err)]
                 // the signature tungstenite's accept_hdr_async asks for
@@ -291,6 +297,19 @@ async fn test_server(how: Misbehave) -> TestServer {
                                     let _ = ws.send(Message::Binary(Bytes::from(bytes))).await;
                                     let _ = ws.send(reply(serde_json::json!({"type": "partial", "text": "x".repeat(100_000)}))).await;
                                 }
+                                (Misbehave::ReplyFlood, 5) => {
+                                    let big = rmpv::Value::Map(vec![("type".into(), "partial".into()), ("blob".into(), rmpv::Value::Binary(vec![1u8; 900_000]))]);
+                                    let mut bytes = Vec::new();
+                                    rmpv::encode::write_value(&mut bytes, &big).unwrap();
+                                    for _ in 0..20 {
+                                        let _ = ws.feed(Message::Binary(Bytes::from(bytes.clone()))).await;
+                                    }
+                                    for i in 0..2000 {
+                                        let _ = ws.feed(reply(serde_json::json!({"type": "partial", "text": format!("flood {i}")}))).await;
+                                    }
+                                    let _ = ws.flush().await;
+                                    fl.notify_one();
+                                }
                                 (Misbehave::PingFlood, 5) => {
                                     for i in 0..PINGS {
                                         let _ = ws.feed(Message::Ping(Bytes::from([i.to_be_bytes().to_vec(), vec![7u8; 121]].concat()))).await;
@@ -323,7 +342,7 @@ async fn test_server(how: Misbehave) -> TestServer {
             });
         }
     });
-    TestServer { url, started, authorization, resume, received, seqs, audio, pongs }
+    TestServer { url, started, authorization, resume, received, seqs, audio, pongs, flooded }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,8 +379,8 @@ async fn replies_arrive_while_audio_is_still_flowing() {
     daemon.await.unwrap().unwrap();
 }
 
-/// A server's large replies are logged and published shortened, with their full size: an event line stays far
-/// below the control socket's 64 KiB, and the session goes on.
+/// A server's large replies are logged and published shortened, with their full size, and long binary values
+/// by their length: an event line stays far below the control socket's 64 KiB, and the session goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_replies_are_shown_shortened_and_the_session_goes_on() {
     let mut server = test_server(Misbehave::HugeReplies).await;
@@ -371,8 +390,10 @@ async fn huge_replies_are_shown_shortened_and_the_session_goes_on() {
         events.iter().filter_map(|e| if let Event::ServerMessage { message, .. } = e { Some(message) } else { None }).collect();
     let big: Vec<(&str, u64)> =
         shown.iter().filter(|m| m["truncated"] == true).map(|m| (m["type"].as_str().unwrap(), m["bytes"].as_u64().unwrap())).collect();
-    assert_eq!(big.iter().map(|b| b.0).collect::<Vec<_>>(), ["say", "partial"], "{big:?}");
-    assert!(big[0].1 > 900_000 * 2 && big[1].1 > 100_000, "{big:?}");
+    assert_eq!(big.iter().map(|b| b.0).collect::<Vec<_>>(), ["partial"], "{big:?}");
+    assert!(big[0].1 > 100_000, "{big:?}");
+    // The binary reply is shown with the length of its binary value.
+    assert!(shown.iter().any(|m| m["type"] == "say" && m["pcm"]["bytes"] == 900_000), "{shown:?}");
     for m in &shown {
         assert!(serde_json::to_string(&Event::ServerMessage { session: "x".into(), message: (*m).clone() }).unwrap().len() < 4096, "{m}");
     }
@@ -406,6 +427,57 @@ async fn a_ping_flood_is_answered_and_does_not_end_the_session() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1) && end.frames_dropped == 0, "{end:?}: {seqs:?}");
     let pongs = server.pongs.lock().unwrap().clone();
     assert_eq!(pongs.last().map(|p| &p[..4]), Some(&(PINGS - 1).to_be_bytes()[..]), "{} pongs, none for the last ping", pongs.len());
+}
+
+/// The daemon's resident memory, from /proc.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap()
+}
+
+/// A server floods a session with replies (20 of 900 KB, then 2,000 small ones) while a control subscriber
+/// reads nothing: the daemon's memory stays within a few MB (replies are kept shortened, the subscriber misses
+/// what its queue cannot hold and is told so), its log takes 20 of the messages at once and ten a second and
+/// counts the rest, and the session goes on to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_flood_to_a_stuck_subscriber_costs_bounded_memory_and_log() {
+    let server = test_server(Misbehave::ReplyFlood).await;
+    let url = server.url.clone();
+    let d = tokio::task::spawn_blocking(move || crate::support::TestDaemon::start(&url, &[])).await.unwrap();
+    let pid = d.child.0.id();
+    let d = Arc::new(d);
+    let (stuck, before) = tokio::task::spawn_blocking({
+        let d = d.clone();
+        move || {
+            let mut stuck = d.connect();
+            assert_eq!(stuck.call(serde_json::json!({"cmd": "subscribe"}))["ok"], true);
+            let before = rss_kb(pid);
+            assert_eq!(d.connect().call(serde_json::json!({"cmd": "trigger"}))["ok"], true);
+            (stuck, before)
+        }
+    })
+    .await
+    .unwrap();
+    server.started.notified().await;
+    server.flooded.notified().await;
+    let d2 = d.clone();
+    let (after, log) = tokio::task::spawn_blocking(move || {
+        assert_eq!(d2.connect().call(serde_json::json!({"cmd": "stop"}))["ok"], true);
+        let log = d2.logged(0, |l| l.contains("event=\"session_end\""));
+        (rss_kb(pid), log)
+    })
+    .await
+    .unwrap();
+    assert!(log.contains("reason=stopped") || log.contains("reason=\"stopped\""), "{log}");
+    assert!(after < before + 16 * 1024, "resident memory grew from {before} kB to {after} kB");
+    let logged = log.lines().filter(|l| l.contains("server: {")).count();
+    let skipped: u64 = log.lines().filter_map(|l| l.split(" server messages not logged").next()?.rsplit(' ').next()?.parse::<u64>().ok()).sum();
+    assert!(logged <= 60 && skipped > 1900, "{logged} server messages logged, {skipped} counted as not logged:\n{log}");
+    assert!(log.len() < 256 * 1024, "{} bytes of log", log.len());
+    // The subscriber that read nothing is told what it missed.
+    let mut stuck = stuck;
+    let lagged = tokio::task::spawn_blocking(move || stuck.event(|e| e["event"] == "lagged")).await.unwrap();
+    assert!(lagged["missed"].as_u64().unwrap() > 0, "{lagged}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
