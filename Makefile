@@ -15,11 +15,17 @@ release: deps
 	$(CARGO) build --locked --release
 
 # The whole suite: unit and integration tests, including cpal capture through a fake ALSA device; then the
-# tests that need root (mount namespaces, another uid), which are ignored in a plain `cargo nextest run`.
+# tests that need root (mount namespaces, another uid) or the venv, which are ignored in a plain
+# `cargo nextest run`.
+# The metrics test parses what the daemon serves with Python's prometheus_client, from PyPI in a venv.
+TEST_VENV ?= target/test-venv
 test:
 	@scripts/deps.sh test
+	@$(TEST_VENV)/bin/python -c "import prometheus_client" 2>/dev/null || { python3 -m venv $(TEST_VENV) && \
+		$(TEST_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt; }
 	$(CARGO) nextest run --locked --no-fail-fast
-	$(CARGO) nextest run --locked --no-fail-fast --run-ignored only -E 'test(/_as_root$$/)'
+	VOXGATE_TEST_PYTHON=$(abspath $(TEST_VENV))/bin/python \
+		$(CARGO) nextest run --locked --no-fail-fast --run-ignored only -E 'test(/_as_root$$/) | test(/^metrics::/)'
 
 demo: deps
 	$(CARGO) run --locked --quiet -- demo

@@ -24,6 +24,7 @@ pub struct Config {
     pub homeassistant: HomeAssistantConfig,
     pub playback: PlaybackConfig,
     pub control: ControlConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -318,6 +319,24 @@ impl Default for PlaybackConfig {
             end_sound: String::new(),
             error_sound: String::new(),
         }
+    }
+}
+
+/// `[metrics]`: Prometheus metrics, off by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve them at http://ADDR/metrics: "127.0.0.1:9464"; "": not served.
+    pub listen: String,
+    /// Write them into this file (atomically) for node-exporter's textfile collector; "": no file.
+    pub textfile: PathBuf,
+    /// How often the file is written, in milliseconds.
+    pub textfile_interval_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: String::new(), textfile: PathBuf::new(), textfile_interval_ms: 15_000 }
     }
 }
 
@@ -745,6 +764,17 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
     }
     if c.playback.device.is_empty() {
         p.push(("playback.device", "empty: use \"default\", a device id from `voxgate devices`, or \"none\"".into()));
+    }
+    if !c.metrics.listen.is_empty() && c.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+        p.push(("metrics.listen", format!("{:?} is not an address and port such as \"127.0.0.1:9464\"", c.metrics.listen)));
+    }
+    range("metrics.textfile_interval_ms", c.metrics.textfile_interval_ms, 1000, 86_400_000);
+    if !c.metrics.textfile.as_os_str().is_empty() {
+        match c.metrics.textfile.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => p.push(("metrics.textfile", format!("{} is not a directory", dir.display()))),
+            None => p.push(("metrics.textfile", "give the file's full path".into())),
+            _ => {}
+        }
     }
     if c.homeassistant.pipeline.len() > 256 {
         p.push(("homeassistant.pipeline", "longer than a pipeline id or name may be (256 bytes)".into()));

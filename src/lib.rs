@@ -38,6 +38,7 @@ pub mod daemon;
 pub mod demo;
 pub mod fault;
 pub mod logging;
+pub mod metrics;
 pub mod playback;
 pub mod record;
 pub mod serve;

@@ -153,6 +153,11 @@ impl Daemon {
         let (Prepared { params, detector, sounds, fetcher }, source) = prepared;
         tracing::info!(source = %source.name, "voxgate {} started, listening to {}", env!("CARGO_PKG_VERSION"), source.name);
         let mut reporter = Reporter::new(events.clone());
+        let metrics = metrics_wanted(&config).then(|| {
+            let frame_bytes = config.audio.sample_rate as u64 * config.audio.frame_ms as u64 / 1000 * 2;
+            Arc::new(crate::metrics::Metrics::new(frame_bytes))
+        });
+        reporter.metrics = metrics.clone();
         let (answers_tx, answers) = mpsc::channel(crate::playback::speaker::ANSWERS_QUEUE);
         reporter.answers = Some(answers_tx);
         let echo = crate::playback::echo::Echo::default();
@@ -188,6 +193,9 @@ impl Daemon {
             tracing::info!("control socket at {}", l.path.display());
             tokio::spawn(crate::control::server::serve(l, calls_tx.clone(), events.clone(), state.clone(), server_stop.clone()))
         });
+        if let Some(m) = &metrics {
+            start_metrics(&config.metrics, m, &calls_tx, &server_stop).await;
+        }
         drop(calls_tx);
         let mut health = Health::new(notify::Notifier::from_env());
         let mut ctl = control::Controller {
@@ -328,6 +336,30 @@ pub struct Prepared {
     pub sounds: crate::playback::Sounds,
     /// None with `playback.device = "none"`.
     pub fetcher: Option<Arc<crate::playback::fetch::Fetcher>>,
+}
+
+fn metrics_wanted(config: &Config) -> bool {
+    !config.metrics.listen.is_empty() || !config.metrics.textfile.as_os_str().is_empty()
+}
+
+/// Serves the metrics and writes their file, as `[metrics]` asks, until `stop`. An address that cannot be
+/// listened on is logged: the daemon goes on without it.
+async fn start_metrics(c: &crate::config::MetricsConfig, metrics: &Arc<crate::metrics::Metrics>, calls: &mpsc::Sender<Call>, stop: &CancellationToken) {
+    if !c.listen.is_empty() {
+        match tokio::net::TcpListener::bind(&c.listen).await {
+            Ok(listener) => {
+                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| c.listen.clone());
+                let only_here = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+                tracing::info!("metrics at http://{addr}/metrics{}", if only_here { "" } else { " (not only loopback: reachable from the network)" });
+                tokio::spawn(crate::metrics::serve(listener, metrics.clone(), calls.clone(), stop.clone()));
+            }
+            Err(e) => tracing::error!("metrics.listen: cannot listen on {}: {e}; metrics are not served", c.listen),
+        }
+    }
+    if !c.textfile.as_os_str().is_empty() {
+        let every = Duration::from_millis(c.textfile_interval_ms);
+        tokio::spawn(crate::metrics::write_textfile(c.textfile.clone(), every, metrics.clone(), calls.clone(), stop.clone()));
+    }
 }
 
 /// Where and how to play, from `[playback]`; none for `device = "none"`.

@@ -166,6 +166,8 @@ pub struct Reporter {
     pub speaking: Arc<tokio::sync::watch::Sender<bool>>,
     /// Where sessions send what a server asks to be said; none: nobody plays.
     pub answers: Option<tokio::sync::mpsc::Sender<crate::playback::Answer>>,
+    /// Counts each event, with `[metrics]` on.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Reporter {
@@ -176,6 +178,7 @@ impl Reporter {
             homeassistant: Default::default(),
             speaking: Arc::new(tokio::sync::watch::Sender::new(false)),
             answers: None,
+            metrics: None,
         }
     }
 
@@ -189,6 +192,9 @@ impl Reporter {
     }
 
     pub fn emit(&self, e: Event) {
+        if let Some(m) = &self.metrics {
+            m.observe(&e);
+        }
         let _ = self.events.send(e);
     }
 

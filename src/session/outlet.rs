@@ -37,6 +37,14 @@ pub(super) struct Wire {
     pub failed: Option<WsError>,
     /// A frame the connection gave back, its write buffer full: sent before any other.
     pub pending: Option<Message>,
+    /// Where each frame's wait is counted, and when the session was asked for.
+    pub metrics: Option<WireMetrics>,
+}
+
+pub(super) struct WireMetrics {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub asked: std::time::Instant,
+    pub first_sent: bool,
 }
 
 impl Direct {
@@ -95,6 +103,16 @@ impl Wire {
                 None => match queue.pop() {
                     Some(f) => {
                         self.sent.fetch_add(1, Ordering::Relaxed);
+                        if let Some(w) = &mut self.metrics {
+                            // Live frames only: the pre-roll was captured before anyone asked for it.
+                            if f.captured >= w.asked {
+                                w.metrics.frame_seconds.observe(f.captured.elapsed().as_secs_f64());
+                            }
+                            if !w.first_sent {
+                                w.first_sent = true;
+                                w.metrics.first_audio_seconds.observe(w.asked.elapsed().as_secs_f64());
+                            }
+                        }
                         self.codec.audio(f.seq.saturating_sub(self.base), &f.pcm)
                     }
                     None => {

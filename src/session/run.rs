@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::connect::{Connected, Params, connect};
 use super::homeassistant::{self as ha, Kind};
-use super::outlet::{Direct, Wire, send_when_room};
+use super::outlet::{Direct, Wire, WireMetrics, send_when_room};
 use super::protocol::{ClientMessage, Reply, ReplyError};
 use tokio::sync::watch;
 
@@ -176,7 +176,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     // Every message read: during the drain, Home Assistant's run is alive as long as events keep coming.
     let progress = Arc::new(tokio::sync::Notify::new());
     let direct = Arc::new(Direct {
-        wire: Mutex::new(Some(Wire { sink, codec, base: req.first_seq, sent: sent.clone(), failed: None, pending: None })),
+        wire: Mutex::new(Some(Wire { sink, codec, base: req.first_seq, sent: sent.clone(), failed: None, pending: None, metrics: reporter.metrics.clone().map(|metrics| WireMetrics { metrics, asked: started, first_sent: false }) })),
         waker: queue.waker(),
     });
     queue.attach(direct.clone());

@@ -7,6 +7,7 @@ mod control;
 mod daemon;
 mod files;
 mod homeassistant;
+mod metrics;
 mod playback;
 mod sessions;
 mod support;
