@@ -919,6 +919,20 @@ mod tests {
     }
 
     #[test]
+    fn metrics_addresses_and_files_are_checked() {
+        assert!(load_str("[metrics]\nlisten = \"127.0.0.1:0\"\ntextfile = \"/tmp/voxgate.prom\"\n", &[]).is_ok());
+        for (text, key, says) in [
+            ("listen = \"localhost\"", "metrics.listen", "not an address and port"),
+            ("textfile = \"/no/such/dir/voxgate.prom\"", "metrics.textfile", "/no/such/dir is not a directory"),
+            ("textfile = \"voxgate.prom\"", "metrics.textfile", "full path"),
+            ("textfile_interval_ms = 10", "metrics.textfile_interval_ms", "out of range"),
+        ] {
+            let p = problems(load_str(&format!("[metrics]\n{text}\n"), &[]));
+            assert!(p.len() == 1 && p[0].key == key && p[0].message.contains(says), "{text}: {p:?}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_sections_name_the_origin() {
         let p = problems(load_str("[audio]\nsorce = \"x\"\n[wakeword]\nmode = \"always\"\n", &[("VOXGATE_SESSION__URI", "ws://x/")]));
         let got: Vec<(String, String)> = p.iter().map(|x| (x.origin.clone(), x.key.clone())).collect();
