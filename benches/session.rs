@@ -17,8 +17,12 @@
 //!    wake word's session reaches the server. Each frame carries its own number in the lowest bit of its first
 //!    samples, so the server knows exactly which write it is.
 //!
-//! `VOXGATE_BENCH_BIN=path` runs part 5 on another build. `BENCH_FRAMES=N` shortens parts 1 and 4; `BENCH_ONLY=latency,detection,sessions,floor,daemon` (any of them)
-//! runs only those parts.
+//! 6. The soak: the whole daemon on a real-time feed for `BENCH_SOAK_MINUTES` (default 60) minutes, a wake
+//!    word and its command at the start of every minute, each session to a loopback server; its resident size
+//!    and open descriptors sampled every minute. Then 10,000 sessions back to back (part 3, ten times over).
+//!
+//! `VOXGATE_BENCH_BIN=path` runs parts 5 and 6 on another build. `BENCH_FRAMES=N` shortens parts 1 and 4;
+//! `BENCH_ONLY=latency,detection,sessions,floor,daemon,soak` (any of them) runs only those parts.
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
@@ -406,6 +410,11 @@ fn main() {
         if run("daemon") {
             daemon_on_a_live_feed().await;
         }
+        if run("soak") {
+            let minutes = std::env::var("BENCH_SOAK_MINUTES").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+            soak(minutes).await;
+            many_sessions(10_000).await;
+        }
     });
 }
 
@@ -451,6 +460,11 @@ fn cpu_between(before: &std::collections::BTreeMap<String, (String, u64)>, after
 /// The first wake word and its command from the demo recording, padded to 8 s with the recording's own
 /// background: it ends at the first stretch of 1.2 s without speech after the command.
 fn wake_cycle() -> Vec<i16> {
+    wake_cycle_of(8)
+}
+
+/// The demo recording's first wake word and command, padded to `seconds` with its own background noise.
+fn wake_cycle_of(seconds: usize) -> Vec<i16> {
     let pcm: Vec<i16> = hound::WavReader::new(std::io::Cursor::new(voxgate::demo::DEMO_WAV)).unwrap().samples::<i16>().map(Result::unwrap).collect();
     let frames: Vec<&[i16]> = pcm.chunks_exact(320).collect();
     let loud: Vec<bool> = frames.iter().map(|f| voxgate::audio::level_dbfs(f) > -40.0).collect();
@@ -459,10 +473,79 @@ fn wake_cycle() -> Vec<i16> {
     let end = (first_speech + 1..loud.len()).find(|&i| i >= quiet && loud[i - quiet..i].iter().all(|l| !l)).expect("a pause after the command");
     let background: Vec<i16> = frames[..first_speech].concat();
     let mut cycle: Vec<i16> = frames[..end].concat();
-    while cycle.len() < 8 * 16000 {
-        cycle.extend_from_slice(&background[..background.len().min(8 * 16000 - cycle.len())]);
+    while cycle.len() < seconds * 16000 {
+        cycle.extend_from_slice(&background[..background.len().min(seconds * 16000 - cycle.len())]);
     }
     cycle
+}
+
+/// A process's resident size (KiB) and open descriptors.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0);
+    (rss, std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0))
+}
+
+/// Part 6: `voxgate run` on stdin at real time for `minutes`, a wake word and command every minute.
+async fn soak(minutes: usize) {
+    let (url, _) = timing_server(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("voxgate.toml");
+    std::fs::write(&config, format!("[audio]\nsource = \"stdin\"\n[session]\nurl = \"{url}\"\n[control]\nsocket = \"\"\n[log]\nformat = \"text\"\n")).unwrap();
+    let bin = std::env::var_os("VOXGATE_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_voxgate").into());
+    let log_path = dir.path().join("voxgate.log");
+    let mut child = std::process::Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("the release binary runs");
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let minute = wake_cycle_of(60);
+    let feeder = std::thread::Builder::new()
+        .name("feeder".into())
+        .spawn(move || {
+            let ticks = crossbeam_channel::tick(Duration::from_millis(20));
+            let mut samples = Vec::with_capacity(minutes + 1);
+            for _ in 0..minutes {
+                samples.push(rss_and_fds(pid));
+                for frame in minute.chunks_exact(320) {
+                    let _ = ticks.recv();
+                    let bytes: Vec<u8> = frame.iter().flat_map(|s| s.to_le_bytes()).collect();
+                    stdin.write_all(&bytes).unwrap();
+                }
+            }
+            samples.push(rss_and_fds(pid));
+            drop(stdin);
+            samples
+        })
+        .unwrap();
+    let samples = tokio::task::spawn_blocking(move || feeder.join().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "voxgate run: {status}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let ends = log.lines().filter(|l| l.contains("event=\"session_end\"")).count();
+    let failed = log.lines().filter(|l| l.contains("event=\"session_end\"") && !l.contains("reason=silence")).count();
+    // From the end of the first minute: what start-up and the first session allocate is not growth.
+    let steady = &samples[1.min(samples.len() - 1)..];
+    let rss: Vec<u64> = steady.iter().map(|s| s.0).collect();
+    let fds: Vec<usize> = steady.iter().map(|s| s.1).collect();
+    println!(
+        "| soak: {minutes} min at real time, a wake word a minute | {ends} sessions, {failed} not ended by silence | RSS {} → {} KiB (min {}, max {}) | fds {} → {} (max {}) | RSS every minute: {} |",
+        rss[0],
+        rss[rss.len() - 1],
+        rss.iter().min().unwrap(),
+        rss.iter().max().unwrap(),
+        fds[0],
+        fds[fds.len() - 1],
+        fds.iter().max().unwrap(),
+        rss.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
+    );
 }
 
 /// Part 5: `voxgate run` on stdin at real time, sessions to a loopback server.
