@@ -401,16 +401,13 @@ async fn huge_replies_are_shown_shortened_and_the_session_goes_on() {
     assert!(server.seqs.recv().await.is_some());
 }
 
-/// A server that floods the session with pings while it goes on reading: the session is not ended by it, every
-/// frame still arrives in order, and the latest ping is answered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ping_flood_is_answered_and_does_not_end_the_session() {
-    let mut server = test_server(Misbehave::PingFlood).await;
-    // Real time and no pre-roll: the flood comes while frames leave from the detector thread.
-    let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), &server.url);
+/// The daemon on a fixture with a wake word, at real time and with no pre-roll (so that every frame is live),
+/// streaming to `url` with `tweak` applied to its configuration: how its first session ended.
+async fn first_live_session_end(url: &str, tweak: impl FnOnce(&mut Config)) -> SessionSummary {
+    let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), url);
     config.audio.file_pacing = FilePacing::Realtime;
     config.session.preroll_ms = 0;
-    config.session.max_ms = 2000;
+    tweak(&mut config);
     let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
     let stop = CancellationToken::new();
     let daemon = tokio::spawn(voxgate::daemon::run_with_events(config, stop.clone(), tx));
@@ -421,6 +418,16 @@ async fn a_ping_flood_is_answered_and_does_not_end_the_session() {
     };
     stop.cancel();
     daemon.await.unwrap().unwrap();
+    end
+}
+
+/// A server that floods the session with pings while it goes on reading: the session is not ended by it, every
+/// frame still arrives in order, and the latest ping is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_is_answered_and_does_not_end_the_session() {
+    let mut server = test_server(Misbehave::PingFlood).await;
+    // The flood comes while frames leave from the detector thread.
+    let end = first_live_session_end(&server.url, |c| c.session.max_ms = 2000).await;
     assert_eq!(end.reason, EndReason::MaxDuration, "{end:?}");
     let (seqs, _) = server.seqs.recv().await.unwrap();
     assert_eq!(seqs.len() as u64, end.frames_sent, "{end:?}");
@@ -507,20 +514,8 @@ async fn a_misbehaving_server_ends_the_session_with_a_clear_reason() {
         (Misbehave::Oversized, "too long"),
     ] {
         let server = test_server(how).await;
-        // Real time and no pre-roll, so the server misbehaves while the session is still streaming.
-        let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), &server.url);
-        config.audio.file_pacing = FilePacing::Realtime;
-        config.session.preroll_ms = 0;
-        let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
-        let stop = CancellationToken::new();
-        let daemon = tokio::spawn(voxgate::daemon::run_with_events(config, stop.clone(), tx));
-        let end = loop {
-            if let Event::SessionEnd(s) = rx.recv().await.unwrap() {
-                break s;
-            }
-        };
-        stop.cancel();
-        daemon.await.unwrap().unwrap();
+        // The server misbehaves while the session is still streaming.
+        let end = first_live_session_end(&server.url, |_| {}).await;
         assert_eq!(end.reason, EndReason::Error, "{end:?}");
         let detail = end.detail.as_deref().unwrap_or_default();
         assert!(detail.contains(expect), "{expect:?} not in {detail:?}");
