@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need first.
 CARGO ?= cargo
 
-.PHONY: all deps build release test demo bench wake-bench wake-train interop interop-bench package system-test audio clean
+.PHONY: all deps build release test faults demo bench wake-bench wake-train interop interop-bench package system-test audio clean
 
 all: build
 
@@ -26,6 +26,14 @@ test:
 	$(CARGO) nextest run --locked --no-fail-fast
 	VOXGATE_TEST_PYTHON=$(abspath $(TEST_VENV))/bin/python \
 		$(CARGO) nextest run --locked --no-fail-fast --run-ignored only -E 'test(/_as_root$$/) | test(/^metrics::/)'
+
+# The fault suite: every way of misbehaving a test server knows, one after another, one line each with its
+# accounting; then the fault tests of the other parts (a stalled server, floods, a stuck subscriber, a missing
+# device, signals at awkward moments, untrusted TLS). CI runs it.
+FAULTS = test(/fault_suite/) | test(/stalled|flood|stuck_subscriber|misbehaving|server_down|missing|sigterm|sighup|private_ca|connecting/)
+faults:
+	@scripts/deps.sh test
+	$(CARGO) nextest run --locked --no-fail-fast --no-capture --run-ignored all -E '$(FAULTS) & !test(/^system::|homeassistant::/)'
 
 demo: deps
 	$(CARGO) run --locked --quiet -- demo

@@ -194,6 +194,10 @@ enum Misbehave {
     PingFlood,
     /// After 5 frames: 20 replies of 900 KB, then 2,000 small ones in a burst; then it tells `flooded`.
     ReplyFlood,
+    /// Resets the TCP connection (RST) after 10 frames, as a server that crashed.
+    ResetAfterTen,
+    /// Shuts its TCP side (FIN) after 10 frames, without a close frame.
+    FinAfterTen,
 }
 
 /// The pings of [`Misbehave::PingFlood`].
@@ -280,6 +284,17 @@ async fn test_server(how: Misbehave) -> TestServer {
                                 (Misbehave::CloseAfterTen, 10) => {
                                     let _ = ws.close(None).await;
                                     break;
+                                }
+                                (Misbehave::ResetAfterTen, 10) => {
+                                    // Lingering 0: closing sends RST instead of FIN.
+                                    #[allow(deprecated)] // set_linger's replacement is not in every tokio 1.x
+                                    let _ = ws.get_ref().set_linger(Some(Duration::ZERO));
+                                    break;
+                                }
+                                (Misbehave::FinAfterTen, 10) => {
+                                    use std::os::fd::AsRawFd;
+                                    // SAFETY: shutdown on a socket this task owns.
+                                    unsafe { libc::shutdown(ws.get_ref().as_raw_fd(), libc::SHUT_WR) };
                                 }
                                 (Misbehave::Garbage, 5) => {
                                     let _ = ws.send(Message::Binary(Bytes::from_static(&[0xc1, 0x00, 0xff]))).await;
@@ -407,6 +422,8 @@ async fn first_live_session_end(url: &str, tweak: impl FnOnce(&mut Config)) -> S
     let mut config = file_config(&fixtures().join("stream-en-us_m1.wav"), url);
     config.audio.file_pacing = FilePacing::Realtime;
     config.session.preroll_ms = 0;
+    // No chimes: their device is not what these tests are about.
+    config.playback.device = "none".into();
     tweak(&mut config);
     let (tx, mut rx) = tokio::sync::broadcast::channel(4096);
     let stop = CancellationToken::new();
@@ -485,6 +502,96 @@ async fn a_reply_flood_to_a_stuck_subscriber_costs_bounded_memory_and_log() {
     let mut stuck = stuck;
     let lagged = tokio::task::spawn_blocking(move || stuck.event(|e| e["event"] == "lagged")).await.unwrap();
     assert!(lagged["missed"].as_u64().unwrap() > 0, "{lagged}");
+}
+
+/// `make faults`, the servers: each way a server can misbehave, against the daemon streaming a recording at real
+/// time with no pre-roll. One line each; each session's accounting holds: every frame the server got is the
+/// source's frame of that `seq` (bit for bit, at one offset), and the frames it got plus those counted dropped
+/// make every `seq` up to the last one it got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the fault suite: make faults"]
+async fn fault_suite_misbehaving_servers() {
+    let (_, source) = read_wav(&fixtures().join("stream-en-us_m1.wav"));
+    let scenarios = [
+        ("behaves", Misbehave::Plain, None),
+        ("replies while audio flows", Misbehave::ReplyAfterFive, None),
+        ("closes mid-session (close frame)", Misbehave::CloseAfterTen, Some("closed the connection")),
+        ("crashes mid-session (RST)", Misbehave::ResetAfterTen, Some("")),
+        ("half-closes mid-session (FIN, no close frame)", Misbehave::FinAfterTen, Some("")),
+        ("sends bad MessagePack", Misbehave::Garbage, Some("not a MessagePack map")),
+        ("sends a 2 MiB message", Misbehave::Oversized, Some("too long")),
+        ("sends 900 KB and 100 KB replies", Misbehave::HugeReplies, None),
+        ("floods 20 x 900 KB and 2,000 replies", Misbehave::ReplyFlood, None),
+        ("floods 100,000 pings", Misbehave::PingFlood, None),
+        ("ends the session itself", Misbehave::EndAfterFive, None),
+        ("never answers the end", Misbehave::NoFinal, None),
+    ];
+    for (name, how, fails) in scenarios {
+        let mut server = test_server(how).await;
+        let end = first_live_session_end(&server.url, |c| c.session.max_ms = 3000).await;
+        match fails {
+            Some(says) => assert!(
+                end.reason == EndReason::Error && end.detail.as_deref().unwrap_or_default().contains(says),
+                "{name}: {end:?}"
+            ),
+            None => assert_ne!(end.reason, EndReason::Error, "{name}: {end:?}"),
+        }
+        let (seqs, _) = server.seqs.recv().await.expect("the server saw the session");
+        let frames = server.audio.recv().await.unwrap();
+        let accounted = accounting(&source, &frames, end.frames_dropped).unwrap_or_else(|e| panic!("{name}: {e}"));
+        println!(
+            "fault: server {name}: session {}{}; {} frames sent, the server got {} (seq 0..={}), {} dropped: {accounted}",
+            end.reason.as_str(),
+            end.detail.map(|d| format!(" ({d})")).unwrap_or_default(),
+            end.frames_sent,
+            seqs.len(),
+            seqs.last().copied().unwrap_or(0),
+            end.frames_dropped
+        );
+    }
+    // No session reaches these servers: the session fails within the connect timeout, and nothing is sent.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("ws://{}/", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("ws://{}/", l.local_addr().unwrap())
+    };
+    for (name, url, says) in [("is down", closed, "refused"), ("never answers the handshake", silent_url, "within")] {
+        let end = first_live_session_end(&url, |c| c.session.connect_timeout_ms = 500).await;
+        assert!(end.reason == EndReason::Error && end.detail.as_deref().unwrap_or_default().contains(says), "{name}: {end:?}");
+        assert_eq!(end.frames_sent, 0, "{name}: {end:?}");
+        println!("fault: server {name}: session error ({}); nothing sent", end.detail.unwrap_or_default());
+    }
+    held.abort();
+}
+
+/// The accounting invariant for what a server got of a session: `seq` only grows, every frame is the source's
+/// frame of that number, and the gaps are no more than the frames counted dropped (all of them when the server
+/// got the session's last frame).
+fn accounting(source: &[i16], frames: &[(u64, Vec<i16>)], dropped: u64) -> Result<String, String> {
+    let Some((first_seq, first)) = frames.first() else { return Ok("nothing sent, nothing to account".into()) };
+    if frames.windows(2).any(|w| w[1].0 <= w[0].0) {
+        return Err("seq went back or repeated".into());
+    }
+    let at = position(source, first).ok_or("the first frame is not a stretch of the source")? as i64 - *first_seq as i64 * first.len() as i64;
+    for (seq, pcm) in frames {
+        let from = (at + *seq as i64 * pcm.len() as i64) as usize;
+        if source.get(from..from + pcm.len()) != Some(&pcm[..]) {
+            return Err(format!("frame {seq} is not the source's frame at sample {from}"));
+        }
+    }
+    let last = frames.last().map(|f| f.0).unwrap_or(0);
+    let gaps = last + 1 - frames.len() as u64;
+    if gaps > dropped {
+        return Err(format!("{gaps} frames missing before seq {last}, only {dropped} counted dropped"));
+    }
+    Ok(format!("got + gaps = {} + {gaps} = last seq + 1", frames.len()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
