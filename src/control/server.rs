@@ -157,10 +157,7 @@ pub async fn serve(listener: Listener, calls: mpsc::Sender<Call>, events: broadc
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracker.spawn(async move {
-                let mut stream = stream;
-                let _ = write_line(&mut stream, &Reply::error(format!("too many clients (at most {MAX_CLIENTS}); try again later"))).await;
-            });
+            refuse(&stream, &format!("too many clients (at most {MAX_CLIENTS}); try again later"));
             continue;
         };
         let peer = match peer(&stream) {
@@ -172,11 +169,7 @@ pub async fn serve(listener: Listener, calls: mpsc::Sender<Call>, events: broadc
         };
         if !allowed(&peer, own_uid, listener.gid) {
             tracing::warn!(uid = peer.uid, pid = peer.pid, "control socket: refused uid {} (not root, uid {own_uid} or group {})", peer.uid, listener.group);
-            let msg = format!("uid {} may not control voxgate: only root, uid {own_uid} and members of group {} may", peer.uid, listener.group);
-            tracker.spawn(async move {
-                let mut stream = stream;
-                let _ = write_line(&mut stream, &Reply::error(msg)).await;
-            });
+            refuse(&stream, &format!("uid {} may not control voxgate: only root, uid {own_uid} and members of group {} may", peer.uid, listener.group));
             continue;
         }
         tracing::debug!(uid = peer.uid, pid = peer.pid, "control client connected");
@@ -195,6 +188,15 @@ fn group_name(gid: u32) -> String {
     match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
         Ok(Some(group)) => group.name,
         _ => gid.to_string(),
+    }
+}
+
+/// Tells a client it is not served, without waiting: the short line goes into the new connection's empty socket
+/// buffer, and the connection is closed when the caller drops it. However many connect at once, none is kept.
+fn refuse(stream: &tokio::net::UnixStream, why: &str) {
+    if let Ok(mut line) = serde_json::to_vec(&Reply::error(why)) {
+        line.push(b'\n');
+        let _ = stream.try_write(&line);
     }
 }
 

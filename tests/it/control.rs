@@ -395,3 +395,91 @@ fn a_reload_swaps_the_wake_word_during_a_session() {
     assert!((4892..9500).contains(&first_new), "the \"ok computer\"s end at 4892 and 8062 ms: {wakes:?}");
     assert!(d.wait(PATIENCE).success());
 }
+
+/// The daemon's resident size (KiB) and open descriptors, from /proc.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap();
+    (rss, std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count())
+}
+
+/// `make faults`, the control socket: 1,000 connections held open, then a few thousand mutated request lines
+/// (bytes flipped, cut, doubled, deep nesting, non-UTF-8) on one connection. Each line gets one reply and the
+/// connection goes on; the daemon keeps to its client limit, its descriptors and memory stay bounded, and it
+/// serves again once the connections go. One line each.
+#[test]
+#[ignore = "the fault suite: make faults"]
+fn fault_suite_control_socket() {
+    let server = server();
+    let d = Daemon::start(&server.url, &[]);
+    let pid = d.child.0.id();
+    let (rss0, fds0) = rss_and_fds(pid);
+
+    // 1,000 connections, held: the first ones take the slots, the others are told and closed.
+    let held: Vec<std::os::unix::net::UnixStream> = (0..1000).map(|_| std::os::unix::net::UnixStream::connect(&d.socket).unwrap()).collect();
+    let mut refused = BufReader::new(std::os::unix::net::UnixStream::connect(&d.socket).unwrap());
+    let mut line = String::new();
+    refused.read_line(&mut line).unwrap();
+    assert!(line.contains("too many clients"), "{line}");
+    let (rss1, fds1) = rss_and_fds(pid);
+    assert!(fds1 <= fds0 + voxgate::control::server::MAX_CLIENTS + 8, "descriptors {fds0} → {fds1} with 1,000 connections held");
+    drop(held);
+    // Served again once they are gone (a new connection is taken as soon as a slot is free).
+    let mut ctl = loop {
+        let mut c = d.connect();
+        c.send(b"{\"cmd\":\"status\"}\n");
+        if c.recv()["ok"] == true {
+            break c;
+        }
+    };
+    println!("fault: control socket, 1,000 connections held: the first {} served, the others told \"too many clients\"; fds {fds0} → {fds1}, RSS {rss0} → {rss1} KiB; served again once they closed", voxgate::control::server::MAX_CLIENTS);
+
+    // Mutated lines: each answered, the connection alive.
+    let valid: [&[u8]; 3] = [b"{\"cmd\":\"status\"}", b"{\"cmd\": \"status\", \"x\": [1, 2.5, null, \"\xc3\xa9\"]}", b"{\"cmd\":\"status\",\"n\":{\"a\":{\"b\":true}}}"];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut answered, mut errors, mut sent) = (0, 0, 0);
+    for i in 0..4000 {
+        let mut m: Vec<u8> = valid[i % valid.len()].to_vec();
+        match next() % 6 {
+            0 => {
+                let at = next() as usize % m.len();
+                m[at] ^= 1 << (next() % 8);
+            }
+            1 => m.truncate(next() as usize % m.len()),
+            2 => {
+                let at = next() as usize % m.len();
+                m.insert(at, (next() % 256) as u8);
+            }
+            3 => m = m.repeat(1 + next() as usize % 50),
+            4 => m = [b"[".repeat(1 + next() as usize % 60_000), m].concat(),
+            _ => m = (0..next() % 300).map(|_| (next() % 256) as u8).collect(),
+        }
+        // One line each; a mutation that makes another command is not sent (it would change the daemon's state).
+        m.retain(|b| *b != b'\n');
+        let other = serde_json::from_slice::<Value>(&m).ok().and_then(|v| v.get("cmd").cloned()).is_some_and(|c| c != "status");
+        if other || m.is_empty() {
+            continue;
+        }
+        m.push(b'\n');
+        ctl.send(&m);
+        sent += 1;
+        let r = ctl.recv();
+        assert!(r["ok"].is_boolean(), "{r}");
+        answered += 1;
+        if r["ok"] == false {
+            errors += 1;
+        }
+    }
+    assert_eq!(answered, sent);
+    let status = ctl.call(json!({"cmd": "status"}));
+    assert_eq!(status["state"], "listening", "{status}");
+    let (rss2, fds2) = rss_and_fds(pid);
+    assert!(rss2 < rss0 + 16 * 1024, "RSS {rss0} → {rss2} KiB");
+    println!("fault: control socket, {sent} mutated lines on one connection: {answered} answered ({errors} errors), the connection alive; RSS {rss0} → {rss2} KiB, fds {fds0} → {fds2}");
+}
