@@ -28,9 +28,10 @@ test:
 		$(CARGO) nextest run --locked --no-fail-fast --run-ignored only -E 'test(/_as_root$$/) | test(/^metrics::/)'
 
 # The fault suite: every way of misbehaving a test server knows, one after another, one line each with its
-# accounting; then the fault tests of the other parts (a stalled server, floods, a stuck subscriber, a missing
-# device, signals at awkward moments, untrusted TLS). CI runs it.
-FAULTS = test(/fault_suite/) | test(/stalled|flood|stuck_subscriber|misbehaving|server_down|missing|sigterm|sighup|private_ca|connecting/)
+# accounting; the control socket held 1,000 times over and fed mutated lines; then the fault tests of the other
+# parts (a stalled server, floods, a stuck subscriber, a missing device, signals at awkward moments, untrusted
+# TLS, dead threads, the parsers fuzzed). CI runs it.
+FAULTS = test(/fault_suite/) | test(/stalled|flood|stuck_subscriber|misbehaving|server_down|missing|sigterm|second_signal|sighup|private_ca|connecting|until_eof|never_logged|dead_|mutated|back_to_back/)
 faults:
 	@scripts/deps.sh test
 	$(CARGO) nextest run --locked --no-fail-fast --no-capture --run-ignored all -E '$(FAULTS) & !test(/^system::|homeassistant::/)'
