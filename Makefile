@@ -31,7 +31,7 @@ test:
 # accounting; the control socket held 1,000 times over and fed mutated lines; then the fault tests of the other
 # parts (a stalled server, floods, a stuck subscriber, a missing device, signals at awkward moments, untrusted
 # TLS, dead threads, the parsers fuzzed). CI runs it.
-FAULTS = test(/fault_suite/) | test(/stalled|flood|stuck_subscriber|misbehaving|server_down|missing|sigterm|second_signal|sighup|private_ca|connecting|until_eof|never_logged|dead_|mutated|back_to_back/)
+FAULTS = test(/fault_suite/) | test(/stalled|flood|stuck_subscriber|misbehaving|server_down|missing|sigterm|second_signal|sighup|private_ca|connecting|until_eof|never_logged|dead_|mutated|back_to_back|peers_are_checked/)
 faults:
 	@scripts/deps.sh test
 	$(CARGO) nextest run --locked --no-fail-fast --no-capture --run-ignored all -E '$(FAULTS) & !test(/^system::|homeassistant::/)'

@@ -198,6 +198,12 @@ enum Misbehave {
     ResetAfterTen,
     /// Shuts its TCP side (FIN) after 10 frames, without a close frame.
     FinAfterTen,
+    /// Sends a MessagePack array, not a map, after 5 frames.
+    NotAMap,
+    /// Sends a text frame that is not UTF-8 after 5 frames.
+    BadUtf8,
+    /// Sends a JSON object nested 100,000 deep after 5 frames.
+    DeepNesting,
 }
 
 /// The pings of [`Misbehave::PingFlood`].
@@ -298,6 +304,18 @@ async fn test_server(how: Misbehave) -> TestServer {
                                 }
                                 (Misbehave::Garbage, 5) => {
                                     let _ = ws.send(Message::Binary(Bytes::from_static(&[0xc1, 0x00, 0xff]))).await;
+                                }
+                                (Misbehave::NotAMap, 5) => {
+                                    let _ = ws.send(Message::Binary(Bytes::from_static(&[0x92, 0x01, 0x02]))).await;
+                                }
+                                (Misbehave::BadUtf8, 5) => {
+                                    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, coding::{OpCode, Data}};
+                                    let bad = Frame::message(Bytes::from_static(b"{\"type\":\"partial\",\"text\":\"\xff\xfe\"}"), OpCode::Data(Data::Text), true);
+                                    let _ = ws.send(Message::Frame(bad)).await;
+                                }
+                                (Misbehave::DeepNesting, 5) => {
+                                    let deep = format!("{}{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+                                    let _ = ws.send(Message::text(deep)).await;
                                 }
                                 (Misbehave::EndAfterFive, 5) => {
                                     let _ = ws.send(reply(serde_json::json!({"type": "end"}))).await;
@@ -520,6 +538,9 @@ async fn fault_suite_misbehaving_servers() {
         ("half-closes mid-session (FIN, no close frame)", Misbehave::FinAfterTen, Some("")),
         ("sends bad MessagePack", Misbehave::Garbage, Some("not a MessagePack map")),
         ("sends a 2 MiB message", Misbehave::Oversized, Some("too long")),
+        ("sends a MessagePack array", Misbehave::NotAMap, Some("not a MessagePack map")),
+        ("sends a text frame that is not UTF-8", Misbehave::BadUtf8, Some("UTF-8")),
+        ("sends JSON nested 100,000 deep", Misbehave::DeepNesting, Some("JSON")),
         ("sends 900 KB and 100 KB replies", Misbehave::HugeReplies, None),
         ("floods 20 x 900 KB and 2,000 replies", Misbehave::ReplyFlood, None),
         ("floods 100,000 pings", Misbehave::PingFlood, None),
