@@ -222,18 +222,18 @@ async fn exchange(mut tcp: tokio::net::TcpStream, metrics: &Metrics, calls: &mps
     tcp.shutdown().await
 }
 
-/// Writes the metrics into `path` every `every`, and once more when `stop` fires: into a temporary file in the
-/// same directory, renamed over it, so that the collector never reads half a file. A failure is logged once
-/// until a write works again.
+/// Writes the metrics into `path` every `every` until `stop`: into a temporary file in the same directory,
+/// renamed over it, so that the collector never reads half a file. A failure is logged once until a write works
+/// again. (The file is left as last written: node-exporter shows its age.)
 pub async fn write_textfile(path: PathBuf, every: Duration, metrics: Arc<Metrics>, calls: mpsc::Sender<Call>, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        let last = tokio::select! {
-            _ = ticks.tick() => false,
-            _ = stop.cancelled() => true,
-        };
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.cancelled() => return,
+        }
         let Some(text) = scrape(&metrics, &calls).await else { return };
         let (p, t) = (path.clone(), text);
         let written = tokio::task::spawn_blocking(move || write_atomically(&p, t.as_bytes())).await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
@@ -248,9 +248,6 @@ pub async fn write_textfile(path: PathBuf, every: Duration, metrics: Arc<Metrics
                 failing = true;
             }
             Err(_) => {}
-        }
-        if last {
-            return;
         }
     }
 }
