@@ -529,14 +529,20 @@ async fn soak(minutes: usize) {
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "voxgate run: {status}");
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let ends = log.lines().filter(|l| l.contains("event=\"session_end\"")).count();
-    let failed = log.lines().filter(|l| l.contains("event=\"session_end\"") && !l.contains("reason=silence")).count();
+    // Sessions by how they ended: `reason="silence"` in the text log.
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    for line in log.lines().filter(|l| l.contains("event=\"session_end\"")) {
+        let reason = line.split("reason=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("?").trim_matches('"');
+        *reasons.entry(reason.to_string()).or_default() += 1;
+    }
+    let ends: usize = reasons.values().sum();
+    let reasons = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect::<Vec<_>>().join(", ");
     // From the end of the first minute: what start-up and the first session allocate is not growth.
     let steady = &samples[1.min(samples.len() - 1)..];
     let rss: Vec<u64> = steady.iter().map(|s| s.0).collect();
     let fds: Vec<usize> = steady.iter().map(|s| s.1).collect();
     println!(
-        "| soak: {minutes} min at real time, a wake word a minute | {ends} sessions, {failed} not ended by silence | RSS {} → {} KiB (min {}, max {}) | fds {} → {} (max {}) | RSS every minute: {} |",
+        "| soak: {minutes} min at real time, a wake word a minute | {ends} sessions ({reasons}) | RSS {} → {} KiB (min {}, max {}) | fds {} → {} (max {}) | RSS every minute: {} |",
         rss[0],
         rss[rss.len() - 1],
         rss.iter().min().unwrap(),
