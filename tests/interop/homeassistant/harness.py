@@ -18,6 +18,7 @@ Then it reads commands from stdin, one per line, and answers each with one line:
 End of stdin stops Home Assistant and ends the harness.
 """
 import asyncio
+import ctypes
 import json
 import os
 import shutil
@@ -79,7 +80,8 @@ class Hass:
     def start(self):
         hass = os.path.join(os.path.dirname(sys.executable), "hass")
         self.proc = subprocess.Popen([hass, "--skip-pip", "-c", self.base, "--log-file", self.log],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=die_with_parent)
         # Ready at bootstrap's "Home Assistant initialized" line; the rest of its output is drained and dropped.
         for line in self.proc.stderr:
             if "Home Assistant initialized" in line:
@@ -136,6 +138,13 @@ async def onboard(port):
                                    "wake_word_entity": None, "wake_word_id": None})
             await call({"type": "assist_pipeline/pipeline/set_preferred", "pipeline_id": pipeline["id"]})
             return token, pipeline["id"], ok["ha_version"]
+
+
+def die_with_parent():
+    """In the child, before hass starts: it is killed when this harness ends, however it ends (the tests kill the
+    harness with SIGKILL, which leaves it no time to stop hass)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def main():
