@@ -154,8 +154,8 @@ impl Daemon {
         tracing::info!(source = %source.name, "voxgate {} started, listening to {}", env!("CARGO_PKG_VERSION"), source.name);
         let mut reporter = Reporter::new(events.clone());
         let metrics = metrics_wanted(&config).then(|| {
-            let frame_bytes = config.audio.sample_rate as u64 * config.audio.frame_ms as u64 / 1000 * 2;
-            Arc::new(crate::metrics::Metrics::new(frame_bytes))
+            // 16-bit samples.
+            Arc::new(crate::metrics::Metrics::new(FrameSpec::from_config(&config.audio).samples() as u64 * 2))
         });
         reporter.metrics = metrics.clone();
         let (answers_tx, answers) = mpsc::channel(crate::playback::speaker::ANSWERS_QUEUE);

@@ -44,7 +44,6 @@ pub(super) struct Wire {
 pub(super) struct WireMetrics {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub asked: std::time::Instant,
-    pub first_sent: bool,
 }
 
 impl Direct {
@@ -102,14 +101,13 @@ impl Wire {
                 Some(m) => m,
                 None => match queue.pop() {
                     Some(f) => {
-                        self.sent.fetch_add(1, Ordering::Relaxed);
-                        if let Some(w) = &mut self.metrics {
+                        let before = self.sent.fetch_add(1, Ordering::Relaxed);
+                        if let Some(w) = &self.metrics {
                             // Live frames only: the pre-roll was captured before anyone asked for it.
                             if f.captured >= w.asked {
                                 w.metrics.frame_seconds.observe(f.captured.elapsed().as_secs_f64());
                             }
-                            if !w.first_sent {
-                                w.first_sent = true;
+                            if before == 0 {
                                 w.metrics.first_audio_seconds.observe(w.asked.elapsed().as_secs_f64());
                             }
                         }

@@ -176,7 +176,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     // Every message read: during the drain, Home Assistant's run is alive as long as events keep coming.
     let progress = Arc::new(tokio::sync::Notify::new());
     let direct = Arc::new(Direct {
-        wire: Mutex::new(Some(Wire { sink, codec, base: req.first_seq, sent: sent.clone(), failed: None, pending: None, metrics: reporter.metrics.clone().map(|metrics| WireMetrics { metrics, asked: started, first_sent: false }) })),
+        wire: Mutex::new(Some(Wire { sink, codec, base: req.first_seq, sent: sent.clone(), failed: None, pending: None, metrics: reporter.metrics.clone().map(|metrics| WireMetrics { metrics, asked: started }) })),
         waker: queue.waker(),
     });
     queue.attach(direct.clone());
