@@ -288,8 +288,6 @@ async fn run(
             let _ = tx.blocking_send((clip, reply));
         });
     };
-    // Whether the current session's end chime was asked for.
-    let mut end_chimed = true;
     loop {
         tokio::select! {
             e = events.recv() => match e {
@@ -298,19 +296,9 @@ async fn run(
                     task.stop(Some(Kind::Answer), "barge-in");
                     task.chime(|s| &s.wake);
                 }
-                Ok(Event::SessionStart { .. }) => end_chimed = false,
-                Ok(Event::State { state: State::Draining }) => {
-                    task.chime(|s| &s.end);
-                    end_chimed = true;
-                }
+                Ok(Event::State { state: State::Draining }) => task.chime(|s| &s.end),
                 Ok(Event::State { state: State::Muted }) => task.stop(None, "muted"),
                 Ok(Event::SessionEnd(s)) if s.reason == EndReason::Error => task.chime(|s| &s.error),
-                Ok(Event::SessionEnd(_)) if !end_chimed => {
-                    // It ended as its audio did (a final reply right after the end), before the state showed
-                    // it draining: the end chime all the same.
-                    task.chime(|s| &s.end);
-                    end_chimed = true;
-                }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
