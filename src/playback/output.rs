@@ -8,6 +8,7 @@
 //! the clip and a short tail of silence (so closing the device does not cut the end), that it is done. A
 //! device that cannot be opened is reported once and not tried again before a backoff (0.5 s, doubling to
 //! 8 s) has passed; a device lost while playing ends the clip with the error, and the next clip opens it afresh.
+//! An underrun (the device ran dry while the machine was busy) is counted and played on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,7 +104,7 @@ impl Drop for Output {
 struct Playing {
     id: u64,
     _stream: cpal::Stream,
-    position: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
     /// Samples per second of the stream, all channels.
     per_second: usize,
     clip_len: usize,
@@ -112,9 +113,23 @@ struct Playing {
 impl Playing {
     /// Closes the stream, so that a clip reported ended is off the device: its id and how much of it played.
     fn close(self) -> (u64, u64) {
-        let played = (self.position.load(Ordering::Relaxed).min(self.clip_len) * 1000 / self.per_second.max(1)) as u64;
+        let played = (self.progress.position.load(Ordering::Relaxed).min(self.clip_len) * 1000 / self.per_second.max(1)) as u64;
+        let underruns = self.progress.underruns.load(Ordering::Relaxed);
+        if underruns > 0 {
+            tracing::info!("the playback device ran dry {underruns} times during sound {} (the machine was busy); played on", self.id);
+        }
         (self.id, played)
     }
+}
+
+/// What a stream's callbacks tell the thread without waking it.
+#[derive(Default)]
+struct Progress {
+    /// Samples handed to the device, all channels.
+    position: AtomicUsize,
+    /// Underruns the stream recovered from: the device ran dry and is played on, which is no reason to end a
+    /// clip.
+    underruns: AtomicUsize,
 }
 
 /// Signals from the stream's callbacks.
@@ -338,16 +353,16 @@ fn open(config: &OutputConfig, id: u64, clip: &Clip, signals: &crossbeam_channel
     let (format, channels, rate) = choose(&device, want)?;
     let (data, clip_len) = prepare(clip, rate, channels, config.volume)?;
     let data: Arc<[i16]> = data.into();
-    let position = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Progress::default());
     let stream_config = StreamConfig { channels, sample_rate: rate, buffer_size: cpal::BufferSize::Default };
     let stream = match format {
-        SampleFormat::I16 => build::<i16>(&device, stream_config, id, data, position.clone(), signals.clone()),
-        SampleFormat::I32 => build::<i32>(&device, stream_config, id, data, position.clone(), signals.clone()),
-        _ => build::<f32>(&device, stream_config, id, data, position.clone(), signals.clone()),
+        SampleFormat::I16 => build::<i16>(&device, stream_config, id, data, progress.clone(), signals.clone()),
+        SampleFormat::I32 => build::<i32>(&device, stream_config, id, data, progress.clone(), signals.clone()),
+        _ => build::<f32>(&device, stream_config, id, data, progress.clone(), signals.clone()),
     }
     .map_err(|e| format!("cannot open it at {rate} Hz, {channels} ch, {format}: {e}"))?;
     stream.play().map_err(|e| format!("cannot start it: {e}"))?;
-    Ok(Playing { id, _stream: stream, position, per_second: rate as usize * channels as usize, clip_len })
+    Ok(Playing { id, _stream: stream, progress, per_second: rate as usize * channels as usize, clip_len })
 }
 
 fn build<T>(
@@ -355,19 +370,20 @@ fn build<T>(
     config: StreamConfig,
     id: u64,
     data: Arc<[i16]>,
-    position: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
     signals: crossbeam_channel::Sender<Signal>,
 ) -> Result<cpal::Stream, cpal::Error>
 where
     T: SizedSample + FromSample<i16> + Send + 'static,
 {
     let lost = signals.clone();
+    let errors = progress.clone();
     let mut told_first = false;
     let mut told_done = false;
     device.build_output_stream::<T, _, _>(
         config,
         move |out: &mut [T], info| {
-            let at = position.load(Ordering::Relaxed);
+            let at = progress.position.load(Ordering::Relaxed);
             let n = out.len().min(data.len().saturating_sub(at));
             for (o, s) in out.iter_mut().zip(&data[at..at + n]) {
                 *o = T::from_sample(*s);
@@ -375,7 +391,7 @@ where
             for o in &mut out[n..] {
                 *o = T::EQUILIBRIUM;
             }
-            position.store(at + n, Ordering::Relaxed);
+            progress.position.store(at + n, Ordering::Relaxed);
             if !told_first && n > 0 {
                 told_first = true;
                 // When the first sample reaches the device, as the stream predicts it.
@@ -388,7 +404,11 @@ where
             }
         },
         move |e: cpal::Error| {
-            let _ = lost.try_send(Signal::Lost(id, e.to_string()));
+            if e.kind() == cpal::ErrorKind::Xrun {
+                errors.underruns.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let _ = lost.try_send(Signal::Lost(id, e.to_string()));
+            }
         },
         None,
     )

@@ -322,8 +322,10 @@ fn the_demo_plays_the_loop_into_a_wav_file() {
     let mut outside = Vec::new();
     for round in 0..2 {
         for (what, clip) in [("wake chime", &wake), ("end chime", &end), ("answer", &answer)] {
-            let found = find_samples(&bytes[at * 2..], clip)
-                .unwrap_or_else(|| panic!("round {round}: the {what} is not in {} after sample {at}", played.display()));
+            let found = find_samples(&bytes[at * 2..], clip).unwrap_or_else(|| {
+                let why = crate::support::why_not_found(&pcm[at..], clip);
+                panic!("round {round}: the {what} is not in {} after sample {at}: {why}\n{stdout}", played.display())
+            });
             outside.extend_from_slice(&pcm[at..at + found]);
             assert!(at == 0 || found >= 2400, "round {round}: only {found} samples of silence before the {what}");
             at += found + clip.len();

@@ -148,8 +148,15 @@ impl FakeMic {
 impl Drop for FakeMic {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        // The writer may be blocked opening the FIFO until a reader comes: be that reader.
+        // The writer may be blocked opening the FIFO until a reader comes, or writing into a full pipe whose
+        // reader (the daemon) is still there or just went: be a reader, and read until the writer has gone.
         let reader = File::options().read(true).custom_flags(libc::O_NONBLOCK).open(&self.fifo);
+        if let Ok(mut r) = reader.as_ref() {
+            // SAFETY: a valid, open descriptor; only its status flags change.
+            unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(r), libc::F_SETFL, 0) };
+            let mut sink = vec![0u8; 64 * 1024];
+            while std::io::Read::read(&mut r, &mut sink).is_ok_and(|n| n > 0) {}
+        }
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -275,6 +282,24 @@ impl Drop for FakeSpeaker {
 pub fn find_samples(hay: &[u8], needle: &[i16]) -> Option<usize> {
     let needle: Vec<u8> = needle.iter().flat_map(|s| s.to_le_bytes()).collect();
     (0..hay.len().saturating_sub(needle.len()) + 1).step_by(2).find(|&i| hay[i..].starts_with(&needle)).map(|i| i / 2)
+}
+
+/// Why `needle` is not in `hay` (16-bit samples) bit for bit, for a failure message: where its first 32
+/// samples are, if anywhere, and where the rest first differs from it.
+pub fn why_not_found(hay: &[i16], needle: &[i16]) -> String {
+    let head = &needle[..needle.len().min(32)];
+    let Some(at) = hay.windows(head.len()).position(|w| w == head) else {
+        return "not even its first 32 samples are there".into();
+    };
+    let after = &hay[at..];
+    match needle.iter().zip(after).position(|(a, b)| a != b) {
+        Some(i) => format!(
+            "it starts at sample {at} and differs from its sample {i} on: {:?} where {:?} was played",
+            &after[i..after.len().min(i + 8)],
+            &needle[i..needle.len().min(i + 8)]
+        ),
+        None => format!("it starts at sample {at} and is cut after {} of its {} samples", after.len().min(needle.len()), needle.len()),
+    }
 }
 
 /// The index of the first non-zero sample.
