@@ -163,6 +163,11 @@ impl Supervisor {
                     None => commands_open = false,
                 },
                 done = async { active.as_mut().map(|a| &mut a.task).expect("guarded").await }, if active.is_some() => {
+                    // A session that drained and ended at once: its draining is still news (the end chime
+                    // plays on it) before the state moves on.
+                    if active.as_ref().is_some_and(|a| *a.phase.borrow() == Phase::Draining) {
+                        self.reporter.set_state(state_of(self.muted, false, Some(Phase::Draining), false));
+                    }
                     let span = active.take().map(|a| a.span).unwrap_or_else(tracing::Span::none);
                     phase = None;
                     let summary = done.unwrap_or_else(|e| SessionSummary {
