@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both install what they need first.
 CARGO ?= cargo
 
-.PHONY: all deps build release test faults demo bench wake-bench wake-train interop interop-bench package system-test audio clean
+.PHONY: all deps build release test faults demo bench wake-bench wake-train wake-conv interop interop-bench package system-test audio clean
 
 all: build
 
@@ -78,6 +78,13 @@ wake-bench: release $(WAKE_PY)
 wake-train: $(WAKE_PY)
 	@scripts/deps.sh audio
 	cd scripts/wake && VOXGATE_WAKE_POSITIVE_UNTIL=36 ../../$(WAKE_PY) train.py jarvis ../../assets/wake/jarvis.rpw --seed 2 --rounds 4 --reps 20
+
+# The convolutional model measured against the built-in (docs/BENCHMARKS.md): trains it on the same training
+# side with JAX and prints its sweep on the same held-out streams (about 17 minutes on 2 cores).
+wake-conv: $(WAKE_PY)
+	@scripts/deps.sh audio
+	$(WAKE_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/wake/requirements-conv.txt
+	cd scripts/wake && ../../$(WAKE_PY) conv.py jarvis --reps 20 --rounds 3 --epochs 4 $(CONV_ARGS)
 
 # The Debian package (binary, unit, sysusers, configuration, man page, completions), checked by lintian.
 package: release
