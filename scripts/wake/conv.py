@@ -202,7 +202,7 @@ def main():
         features.windows = lambda f, length, ends: windows(f, ends)
     rng = np.random.default_rng(a.seed)
     t0 = time.time()
-    saved = corpus.cache_dir() / f"conv-{a.target}-{NORM}-{PADDING}.npz"
+    saved = corpus.cache_dir() / f"conv-{a.target}-{NORM}-{PADDING}-{a.width}.npz"
     if a.load:
         z = np.load(saved)
         scale = z["scale"]
