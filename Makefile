@@ -70,7 +70,7 @@ $(WAKE_PY):
 	python3 -m venv $(WAKE_VENV)
 	$(WAKE_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/wake/requirements.txt
 wake-bench: release $(WAKE_PY)
-	@scripts/deps.sh audio
+	@scripts/deps.sh wake
 	cd scripts/wake && ../../$(WAKE_PY) bench.py --binary ../../target/release/voxgate --sensitivity 0 0.25 0.5 0.75 1
 
 # Re-train the built-in wake word from the same recordings (the result, assets/wake/jarvis.rpw, is committed;
@@ -82,7 +82,7 @@ wake-train: $(WAKE_PY)
 # The convolutional model measured against the built-in (docs/BENCHMARKS.md): trains it on the same training
 # side with JAX and prints its sweep on the same held-out streams (about 17 minutes on 2 cores).
 wake-conv: $(WAKE_PY)
-	@scripts/deps.sh audio
+	@scripts/deps.sh wake
 	$(WAKE_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/wake/requirements-conv.txt
 	cd scripts/wake && ../../$(WAKE_PY) conv.py jarvis --reps 20 --rounds 3 --epochs 4 $(CONV_ARGS)
 

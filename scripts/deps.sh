@@ -3,12 +3,14 @@
 #   scripts/deps.sh          build dependencies
 #   scripts/deps.sh test     also cargo-nextest (to run the tests)
 #   scripts/deps.sh audio    also espeak-ng and sox (to re-make the bundled recordings)
+#   scripts/deps.sh wake     also the real music the wake-word benchmark plays (wesnoth-1.16-music, 150 MB)
 #   scripts/deps.sh package  also cargo-deb, lintian and systemd-nspawn (to build and boot the Debian package)
 set -euo pipefail
 # systemd: systemd-analyze checks the unit, systemd-journald runs in the journald test.
 packages=(libasound2-dev pkg-config systemd)
 case "${1:-}" in
     audio) packages+=(espeak-ng sox) ;;
+    wake) packages+=(espeak-ng sox wesnoth-1.16-music) ;;
     package) packages+=(dpkg-dev lintian systemd-container) ;;
 esac
 missing=()

@@ -214,17 +214,21 @@ def main():
     m = Margins(p)
     neg_m = sweep.margins(m, scale, FRAMES, d / "neg.wav")
     hours = len(neg_m) / 100 / 3600
+    music_m = sweep.margins(m, scale, FRAMES, d / "music.wav")
+    music_hours = len(music_m) / 100 / 3600
     pos = {snr: (sweep.margins(m, scale, FRAMES, d / f"pos-{snr}.wav"), np.load(d / f"pos-{snr}.npy")) for snr in (10, 20)}
-    print(f"\n{hours:.2f} h of other speech; {time.time() - t0:.0f} s\nmargin min_scores | miss10 miss20 | FA/h | delay ms")
+    print(f"\n{hours:.2f} h of other speech, {music_hours:.2f} h of music; {time.time() - t0:.0f} s\n"
+          "margin min_scores | miss10 miss20 | FA/h | FA/h music | delay ms")
     for th in [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 24]:
         for need in [1, 2, 4, 8]:
             fa = len(train.detections(neg_m, need, th, FRAMES)) / hours
+            fa_music = len(train.detections(music_m, need, th, FRAMES)) / music_hours
             miss, delays = [], []
             for snr, (mg, ends) in pos.items():
                 caught, dl, _ = bench.score((train.detections(mg, need, th, FRAMES) + 3) * 10, ends)
                 miss.append(100 * (1 - caught / len(ends)))
                 delays += dl
-            print(f"{th:5} {need:3} | {miss[0]:5.1f} {miss[1]:5.1f} | {fa:7.1f} | {np.median(delays) if delays else 0:.0f}",
+            print(f"{th:5} {need:3} | {miss[0]:5.1f} {miss[1]:5.1f} | {fa:7.1f} | {fa_music:7.1f} | {np.median(delays) if delays else 0:.0f}",
                   flush=True)
 
 

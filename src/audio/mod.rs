@@ -136,23 +136,28 @@ impl FrameSink {
     pub fn push(&mut self, pcm: Vec<i16>) -> bool {
         let frame = Frame { seq: self.next_seq, captured: Instant::now(), pcm };
         self.next_seq += 1;
-        if self.live {
+        // Counted before it is handed over, taken back if it is not: whoever reads the counters never sees more
+        // frames used downstream (sent by a session) than the source delivered.
+        self.stats.frames.fetch_add(1, Ordering::Relaxed);
+        let handed = if self.live {
             match self.tx.try_send(frame) {
-                Ok(()) => {}
+                Ok(()) => Some(true),
                 Err(crossbeam_channel::TrySendError::Full(_)) => {
                     self.stats.overruns.fetch_add(1, Ordering::Relaxed);
-                    return true;
+                    None
                 }
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return false,
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => Some(false),
             }
         } else {
             crossbeam_channel::select! {
-                send(self.tx, frame) -> r => if r.is_err() { return false },
-                recv(self.stop.channel()) -> _ => return false,
+                send(self.tx, frame) -> r => Some(r.is_ok()),
+                recv(self.stop.channel()) -> _ => Some(false),
             }
+        };
+        if handed != Some(true) {
+            self.stats.frames.fetch_sub(1, Ordering::Relaxed);
         }
-        self.stats.frames.fetch_add(1, Ordering::Relaxed);
-        true
+        handed.unwrap_or(true)
     }
 
     /// `frames` were lost before they became frames (a capture ring overflow): their numbers are skipped, so
