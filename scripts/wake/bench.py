@@ -82,9 +82,10 @@ def music(rng):
         raw = subprocess.run(["sox", t, "-t", "raw", "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed", "-"],
                              capture_output=True, check=True).stdout
         x = np.frombuffer(raw, dtype=np.int16).astype(np.float64)
-        if mix.rms(x) < 32767 * 10 ** (-60 / 20):
+        level = mix.rms(x)
+        if level < 32767 * 10 ** (-60 / 20):
             continue  # the package's "silence" track: near-silence, which would be raised to noise
-        pieces.append(x / mix.rms(x) * 32767 * 10 ** (rng.uniform(-35, -15) / 20))
+        pieces.append(x / level * 32767 * 10 ** (rng.uniform(-35, -15) / 20))
     alone = np.concatenate(pieces)
     import speech
     talk = speech.make(40)

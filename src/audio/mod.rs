@@ -139,25 +139,25 @@ impl FrameSink {
         // Counted before it is handed over, taken back if it is not: whoever reads the counters never sees more
         // frames used downstream (sent by a session) than the source delivered.
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
-        let handed = if self.live {
-            match self.tx.try_send(frame) {
-                Ok(()) => Some(true),
-                Err(crossbeam_channel::TrySendError::Full(_)) => {
-                    self.stats.overruns.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => Some(false),
-            }
+        // Not handed over: whether the consumer was only behind (a full channel; the source goes on).
+        let handed: Result<(), bool> = if self.live {
+            self.tx.try_send(frame).map_err(|e| e.is_full())
         } else {
             crossbeam_channel::select! {
-                send(self.tx, frame) -> r => Some(r.is_ok()),
-                recv(self.stop.channel()) -> _ => Some(false),
+                send(self.tx, frame) -> r => r.map_err(|_| false),
+                recv(self.stop.channel()) -> _ => Err(false),
             }
         };
-        if handed != Some(true) {
-            self.stats.frames.fetch_sub(1, Ordering::Relaxed);
+        match handed {
+            Ok(()) => true,
+            Err(behind) => {
+                self.stats.frames.fetch_sub(1, Ordering::Relaxed);
+                if behind {
+                    self.stats.overruns.fetch_add(1, Ordering::Relaxed);
+                }
+                behind
+            }
         }
-        handed.unwrap_or(true)
     }
 
     /// `frames` were lost before they became frames (a capture ring overflow): their numbers are skipped, so
