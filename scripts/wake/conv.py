@@ -3,12 +3,13 @@ held-out streams with the same detection logic as sweep.py: to see whether a mod
 along time (which rustpotter's MLP cannot) lifts the limits the MLP meets. Trained with JAX (CPU).
 
     python3 conv.py jarvis [--reps 20] [--rounds 3] [--epochs 6] [--seed 2] [--width 32] [--norm window|ema]
-                           [--padding SAME|VALID] [--load]
+                           [--padding SAME|VALID] [--load] [--export PATH]
 
 `--norm window --padding SAME` is rustpotter's input (each window's mean removed) and must be recomputed whole
 for every window; `--norm ema --padding VALID` is the streaming form (each frame less a moving mean), whose
 layers a detector can compute one output at a time. Prints the training's progress, then the sweep table;
-saves the weights (numpy) in the cache, which `--load` measures again without training.
+saves the weights (numpy) in the cache, which `--load` measures again without training. `--export` writes the
+streaming form's weights as voxgate's detector reads them (the built-in is assets/wake/jarvis.vxc).
 """
 
 import argparse
@@ -109,6 +110,53 @@ def mfcc(audio):
     return f if NORM == "window" else ema_normalised(f)
 
 
+def input_scale(x):
+    """Each input's spread. The streaming form's is one per coefficient, the same at every frame of the window
+    (a detector that computes each frame once cannot scale it by where it sits in the window)."""
+    if NORM == "window":
+        return (x.std(axis=0) + 1e-3).astype(np.float32)
+    return np.tile(x.reshape(len(x), FRAMES, SIZE).std(axis=(0, 1)) + 1e-3, FRAMES).astype(np.float32)
+
+
+def export(p, scale, name, path):
+    """The streaming form's weights for voxgate's detector (src/wake/conv.rs): MessagePack, float32."""
+    import msgpack
+    assert NORM == "ema" and PADDING == "VALID"
+
+    def tensor(k):
+        v = np.asarray(p[k], dtype=np.float32)
+        return {"shape": list(v.shape), "data": v.ravel().tolist()}
+
+    model = {
+        "format": "voxgate-conv/1",
+        "name": name,
+        "frames": FRAMES,
+        "coefficients": SIZE,
+        "ema": 0.01,
+        "scale": [float(v) for v in scale.reshape(FRAMES, SIZE).mean(axis=0)],
+        "layers": {k: tensor(k) for k in ["k1", "b1", "k2", "b2", "k3", "b3", "d1", "e1", "d2", "e2"]},
+    }
+    with open(path, "wb") as f:
+        f.write(msgpack.packb(model, use_single_float=True))
+    print(f"wrote {path}")
+
+
+def reference(p, scale, wav, path):
+    """The margins (and raw features) of every 10th window of `wav`, as the Python model computes them: the
+    fixture the detector's own network is checked against."""
+    import soundfile as sf
+    a, _ = sf.read(wav, dtype="int16")
+    raw = _MFCC(a)
+    f = ema_normalised(raw)
+    idx = np.arange(FRAMES, len(f), 10)
+    m = margins_all(p, windows(f, idx) / scale)
+    with open(path, "w") as out:
+        out.write(f"# {wav.name}: frame, margin, its 16 MFCCs (before the moving mean); written by conv.py --export\n")
+        for i, v in zip(idx, m):
+            out.write("\t".join([str(i), f"{v:.5f}"] + [f"{c:.5f}" for c in raw[i]]) + "\n")
+    print(f"wrote {path}")
+
+
 def margins_all(p, x, batch=8192):
     return np.concatenate([np.asarray(margin_of(p, jnp.asarray(x[i: i + batch]))) for i in range(0, len(x), batch)])
 
@@ -142,7 +190,7 @@ def fit(a, rng, t0):
           f"{time.time() - t0:.0f} s", flush=True)
     x = np.concatenate([px, nx])
     y = np.concatenate([py, np.zeros(len(nx), np.int64)])
-    scale = (x.std(axis=0) + 1e-3).astype(np.float32)
+    scale = input_scale(x)
     p = init(rng, a.width)
     opt = optax.adamw(1e-3, weight_decay=1e-4)
     state = opt.init(p)
@@ -194,6 +242,7 @@ def main():
     ap.add_argument("--norm", choices=["window", "ema"], default="window")
     ap.add_argument("--padding", choices=["SAME", "VALID"], default="SAME")
     ap.add_argument("--load", action="store_true", help="measure the model trained last time with these settings")
+    ap.add_argument("--export", metavar="PATH", help="write the (streaming form's) weights for voxgate's detector")
     a = ap.parse_args()
     global NORM, PADDING
     NORM, PADDING = a.norm, a.padding
@@ -206,10 +255,18 @@ def main():
     if a.load:
         z = np.load(saved)
         scale = z["scale"]
+        if NORM == "ema":
+            # Models saved before the scale was one per coefficient: as the detector runs them.
+            scale = np.tile(scale.reshape(FRAMES, SIZE).mean(axis=0), FRAMES)
         p = {k: jnp.asarray(z[k]) for k in z.files if k != "scale"}
     else:
         p, scale = fit(a, rng, t0)
         np.savez(saved, scale=scale, **{k: np.asarray(v) for k, v in p.items()})
+    if a.export:
+        export(p, scale, a.target, a.export)
+        import pathlib
+        fixtures = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "wake"
+        reference(p, scale, fixtures / "stream-en-us_m1.wav", fixtures / f"{a.target}-margins.tsv")
     d = bench.streams(a.target)
     m = Margins(p)
     neg_m = sweep.margins(m, scale, FRAMES, d / "neg.wav")

@@ -6,9 +6,11 @@
 //! async runtime: frames come in from the audio source's channel, [`Detection`]s go out to the supervisor.
 
 pub mod builtin;
+pub mod conv;
 pub mod enroll;
 pub mod gate;
 pub mod listener;
+pub mod mfcc;
 pub mod test;
 
 use std::collections::VecDeque;
@@ -20,6 +22,8 @@ use crate::config::{ModelRef, ScoreMode, WakeConfig};
 
 /// Audio the detector catches up on when the gate opens: onsets are soft, and the detector needs context.
 const LOOKBACK_MS: u64 = 600;
+/// The convolutional engine's look-back: its window (1 s) and the first frame's 20 ms.
+const CONV_LOOKBACK_MS: u64 = 1040;
 /// The gate stays open this long after the last loud frame, and longer while a detection is in progress.
 /// 1 s detects what 2 s did on every fixture, and a session, which ends 0.8 s after the speech, leaves little
 /// of it to score.
@@ -186,65 +190,97 @@ impl Rechunker {
     }
 }
 
-/// One rustpotter and its re-chunking: the built-in wake words share one (with their own settings), the .rpw
-/// files another (with the `wake` section's).
-struct Engine {
-    rp: Rustpotter,
-    chunks: Rechunker,
-    /// Its detections come at the end of the phrase (the built-ins, eager).
-    at_phrase_end: bool,
+/// A wake word's name and figures, from whichever engine heard it.
+#[derive(Debug, Clone)]
+struct Hit {
+    name: String,
+    score: f32,
+    avg_score: f32,
+}
+
+/// A detector engine: rustpotter (the .rpw files, with the `wake` section's settings) or the convolutional
+/// network (a built-in, with its own).
+enum Engine {
+    Rustpotter { rp: Box<Rustpotter>, chunks: Rechunker },
+    Conv(Box<conv::Engine>),
 }
 
 impl Engine {
-    fn new(rc: &RustpotterConfig) -> Result<Self, WakeError> {
-        let rp = Rustpotter::new(rc).map_err(WakeError::Init)?;
+    fn rustpotter(rp: Rustpotter) -> Self {
         let chunks = Rechunker::new(rp.get_bytes_per_frame());
-        Ok(Engine { rp, chunks, at_phrase_end: rc.detector.eager })
+        Engine::Rustpotter { rp: Box::new(rp), chunks }
     }
 
     fn reset(&mut self) {
-        self.rp.reset();
-        self.chunks.clear();
+        match self {
+            Engine::Rustpotter { rp, chunks } => {
+                rp.reset();
+                chunks.clear();
+            }
+            Engine::Conv(c) => c.reset(),
+        }
+    }
+
+    /// A detection is under way: the gate stays open for it.
+    fn in_progress(&self) -> bool {
+        match self {
+            Engine::Rustpotter { rp, .. } => rp.get_partial_detection().is_some(),
+            Engine::Conv(c) => c.in_progress(),
+        }
+    }
+
+    /// Audio it catches up on when the gate opens: the convolutional network needs a whole window.
+    fn lookback_ms(&self) -> u64 {
+        match self {
+            Engine::Rustpotter { .. } => LOOKBACK_MS,
+            Engine::Conv(_) => CONV_LOOKBACK_MS,
+        }
+    }
+
+    /// Its detections come at the end of the phrase, not ~0.8 s after it (rustpotter's templates).
+    fn at_phrase_end(&self) -> bool {
+        matches!(self, Engine::Conv(_))
+    }
+
+    /// The last detection `pcm` completes.
+    fn feed(&mut self, pcm: &[i16]) -> Option<Hit> {
+        match self {
+            Engine::Rustpotter { rp, chunks } => {
+                chunks.feed(rp, pcm, |_| {}).map(|d| Hit { name: d.name, score: d.score, avg_score: d.avg_score })
+            }
+            Engine::Conv(c) => c.feed(pcm).map(|h| Hit { name: c.name().to_string(), score: h.score, avg_score: h.avg_score }),
+        }
     }
 }
 
-/// The engines `cfg` asks for: the built-ins (by default `builtin:jarvis`) in one, the files in another.
+/// The engines `cfg` asks for: one per built-in (by default `builtin:jarvis`), and one rustpotter for the
+/// files.
 fn engines(cfg: &WakeConfig, spec: FrameSpec) -> Result<Vec<Engine>, WakeError> {
     let default = [ModelRef::Builtin(builtin::default().name.to_string())];
     let models = if cfg.models.is_empty() { &default[..] } else { &cfg.models[..] };
-    let mut builtins = Vec::new();
+    let mut out = Vec::new();
     let mut files = Vec::new();
     for m in models {
         match m {
-            ModelRef::Builtin(name) => builtins.push(builtin::find(name).map_err(|reason| WakeError::Load { what: m.to_string(), reason })?),
+            ModelRef::Builtin(name) => {
+                if spec.sample_rate != mfcc::RATE {
+                    return Err(WakeError::Init(format!("the built-in wake words need {} Hz audio, not {} Hz", mfcc::RATE, spec.sample_rate)));
+                }
+                let b = builtin::find(name).map_err(|reason| WakeError::Load { what: m.to_string(), reason })?;
+                let model = b.load().map_err(|reason| WakeError::Load { what: m.to_string(), reason })?;
+                out.push(Engine::Conv(Box::new(conv::Engine::new(model, b.margin(cfg.sensitivity), b.min_scores))));
+            }
             ModelRef::File(path) => files.push(path),
         }
     }
-    let mut out = Vec::new();
-    if !builtins.is_empty() {
-        // One setting for all of them: the strictest threshold and the most windows any of them needs.
-        let mut rc = rustpotter_config(cfg, spec);
-        rc.detector.threshold = builtins.iter().map(|b| b.threshold(cfg.sensitivity)).fold(0.0, f32::max);
-        rc.detector.min_scores = builtins.iter().map(|b| b.min_scores).max().unwrap_or(1);
-        rc.detector.avg_threshold = 0.0;
-        rc.detector.eager = true;
-        rc.filters.gain_normalizer.enabled = false;
-        rc.filters.band_pass.enabled = false;
-        let mut e = Engine::new(&rc)?;
-        for b in builtins {
-            e.rp.add_wakeword_from_buffer(b.name, b.model)
-                .map_err(|reason| WakeError::Load { what: format!("builtin:{}", b.name), reason })?;
-        }
-        out.push(e);
-    }
     if !files.is_empty() {
-        let mut e = Engine::new(&rustpotter_config(cfg, spec))?;
+        let mut rp = Rustpotter::new(&rustpotter_config(cfg, spec)).map_err(WakeError::Init)?;
         for (i, path) in files.iter().enumerate() {
             // Each model under its own key: one key holds one wake word.
-            e.rp.add_wakeword_from_file(&format!("model{i}"), &path.to_string_lossy())
+            rp.add_wakeword_from_file(&format!("model{i}"), &path.to_string_lossy())
                 .map_err(|reason| WakeError::Load { what: path.display().to_string(), reason })?;
         }
-        out.push(e);
+        out.push(Engine::rustpotter(rp));
     }
     Ok(out)
 }
@@ -254,6 +290,7 @@ pub struct Detector {
     gate: Option<gate::Gate>,
     ring: Preroll,
     preroll_frames: usize,
+    /// The longest look-back an engine needs, in frames.
     lookback_frames: usize,
     frame_ms: u64,
     refractory_ms: u64,
@@ -267,7 +304,7 @@ impl Detector {
     pub fn new(cfg: &WakeConfig, spec: FrameSpec, preroll_ms: u64) -> Result<Self, WakeError> {
         let engines = engines(cfg, spec)?;
         let frame_ms = spec.frame_ms as u64;
-        let lookback_frames = LOOKBACK_MS.div_ceil(frame_ms) as usize;
+        let lookback_frames = engines.iter().map(|e| e.lookback_ms().div_ceil(frame_ms) as usize).max().unwrap_or(0);
         let preroll_frames = (preroll_ms / frame_ms) as usize;
         Ok(Detector {
             engines,
@@ -288,7 +325,7 @@ impl Detector {
         self.stats.frames += 1;
         let seq = frame.seq;
         let mut verdict = match self.gate.as_mut() {
-            Some(g) => g.check(level_dbfs(&frame.pcm), self.engines.iter().any(|e| e.rp.get_partial_detection().is_some())),
+            Some(g) => g.check(level_dbfs(&frame.pcm), self.engines.iter().any(Engine::in_progress)),
             None => gate::Verdict::Open,
         };
         if std::mem::take(&mut self.rested) && verdict == gate::Verdict::Open {
@@ -298,15 +335,23 @@ impl Detector {
         match verdict {
             gate::Verdict::Closed => {}
             gate::Verdict::Opened => {
-                // Start afresh on the audio just before the onset, then this frame.
-                self.engines.iter_mut().for_each(Engine::reset);
-                let back: Vec<Vec<i16>> = self.ring.last(self.lookback_frames).map(|f| f.pcm.clone()).collect();
-                for pcm in &back {
-                    found = found.or(self.feed(pcm));
+                // Each engine starts afresh on the audio just before the onset, then this frame.
+                self.stats.frames_scored += self.ring.last(self.lookback_frames).count() as u64 + 1;
+                for e in &mut self.engines {
+                    e.reset();
+                    let back = e.lookback_ms().div_ceil(self.frame_ms) as usize;
+                    for f in self.ring.last(back) {
+                        found = better(found, e.feed(&f.pcm), e);
+                    }
+                    found = better(found, e.feed(&frame.pcm), e);
                 }
-                found = found.or(self.feed(&frame.pcm));
             }
-            gate::Verdict::Open => found = self.feed(&frame.pcm),
+            gate::Verdict::Open => {
+                self.stats.frames_scored += 1;
+                for e in &mut self.engines {
+                    found = better(found, e.feed(&frame.pcm), e);
+                }
+            }
         }
         self.ring.push(frame);
         let (hit, at_phrase_end) = found?;
@@ -349,22 +394,16 @@ impl Detector {
         self.ring.clear();
         self.engines.iter_mut().for_each(Engine::reset);
     }
+}
 
-    /// Re-chunks into rustpotter frames, for each engine; the best detection if several complete at once, and
-    /// whether its engine fires at the end of the phrase.
-    fn feed(&mut self, pcm: &[i16]) -> Option<(rustpotter::RustpotterDetection, bool)> {
-        self.stats.frames_scored += 1;
-        let mut best: Option<(rustpotter::RustpotterDetection, bool)> = None;
-        for e in &mut self.engines {
-            if let Some(d) = e.chunks.feed(&mut e.rp, pcm, |_| {}) {
-                if best.as_ref().is_none_or(|b| d.score > b.0.score) {
-                    best = Some((d, e.at_phrase_end));
-                }
-            }
-        }
-        best
+/// The better of a detection so far and an engine's new one (the higher score), with whether it came at the
+/// end of the phrase.
+fn better(so_far: Option<(Hit, bool)>, new: Option<Hit>, engine: &Engine) -> Option<(Hit, bool)> {
+    match (so_far, new) {
+        (Some(s), Some(n)) if n.score <= s.0.score => Some(s),
+        (s, None) => s,
+        (_, Some(n)) => Some((n, engine.at_phrase_end())),
     }
-
 }
 
 #[cfg(test)]
@@ -417,8 +456,8 @@ mod tests {
         assert_eq!(d.recent().last().map(|f| f.seq), Some(399), "and the recent audio too");
         // The gate is open, but scoring starts afresh: the look-back first, then the frame.
         d.push(loud(400));
-        assert_eq!(d.stats.frames_scored, scored + LOOKBACK_MS / 20 + 1);
+        assert_eq!(d.stats.frames_scored, scored + CONV_LOOKBACK_MS.div_ceil(20) + 1);
         d.push(loud(401));
-        assert_eq!(d.stats.frames_scored, scored + LOOKBACK_MS / 20 + 2);
+        assert_eq!(d.stats.frames_scored, scored + CONV_LOOKBACK_MS.div_ceil(20) + 2);
     }
 }
