@@ -95,6 +95,7 @@ mod tests {
         let samples: Vec<i16> = r.samples::<i16>().take(8 * rate as usize).map(Result::unwrap).collect();
         let found = wake_words_in(&Clip::new("t", rate, samples), &Config::default()).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0] > Duration::from_millis(1700) && found[0] < Duration::from_millis(3000), "{found:?}");
+        // At the end of the phrase, which comes a little before the end of its label (trailing silence).
+        assert!(found[0] > Duration::from_millis(1500) && found[0] < Duration::from_millis(3000), "{found:?}");
     }
 }

@@ -154,9 +154,10 @@ fn live_capture_detects_what_the_file_does() {
     stopper.join().unwrap();
     assert!(child.0.wait().unwrap().success());
     assert_eq!(live.len(), expected.len(), "live {live:?} vs file {expected:?} ({labels:?})");
-    // The live stream starts with some silence: every detection is shifted by the same amount.
+    // The live stream starts with a second of silence: every detection is shifted by about that much (the
+    // detector's moving mean starts on other audio), and all by the same amount.
     let shift = live[0].0 as i64 - expected[0].0 as i64;
-    assert!((0..=1000).contains(&shift), "shift {shift}");
+    assert!((900..=1100).contains(&shift), "shift {shift}");
     for (l, e) in live.iter().zip(&expected) {
         assert_eq!(l.1, e.1);
         assert!((l.0 as i64 - e.0 as i64 - shift).abs() <= 40, "live {l:?} vs file {e:?}, shift {shift}");
