@@ -75,13 +75,13 @@ wake-bench: release $(WAKE_PY)
 
 # Re-train the built-in wake word from the same recordings, with the shipped model's settings: the convolutional
 # network (scripts/wake/conv.py, JAX on the CPU) written to assets/wake/jarvis.vxc, with the fixture the
-# detector's network is checked against, then its sweep on the held-out streams. About 50 minutes on 2 cores.
+# detector's network is checked against, then its sweep on the held-out streams. About 25 minutes on 2 cores.
 # WAKE_TRAIN_ARGS="--load" measures the last one trained again, without training.
 wake-train: $(WAKE_PY)
 	@scripts/deps.sh wake
 	$(WAKE_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/wake/requirements-conv.txt
-	cd scripts/wake && ../../$(WAKE_PY) conv.py jarvis --norm ema --padding VALID --width 48 --reps 30 --rounds 3 \
-		--epochs 5 --export ../../assets/wake/jarvis.vxc $(WAKE_TRAIN_ARGS)
+	cd scripts/wake && ../../$(WAKE_PY) conv.py jarvis --norm ema --padding VALID --width 32 --reps 20 --rounds 3 \
+		--epochs 4 --export ../../assets/wake/jarvis.vxc $(WAKE_TRAIN_ARGS)
 
 # The Debian package (binary, unit, sysusers, configuration, man page, completions), checked by lintian.
 package: release

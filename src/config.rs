@@ -736,6 +736,10 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
     if !(0.0..=1.0).contains(&c.wake.sensitivity) {
         p.push(("wake.sensitivity", format!("{} is out of range (0 to 1)", c.wake.sensitivity)));
     }
+    let builtin = c.wake.models.is_empty() || c.wake.models.iter().any(|m| matches!(m, ModelRef::Builtin(_)));
+    if c.wake.mode == WakeMode::Wakeword && builtin && c.audio.sample_rate < crate::wake::mfcc::RATE {
+        p.push(("audio.sample_rate", crate::wake::conv::rate_problem(c.audio.sample_rate)));
+    }
     for m in &c.wake.models {
         match m {
             ModelRef::File(path) if !path.is_file() => p.push(("wake.models", format!("{} is not a file", path.display()))),
@@ -866,6 +870,7 @@ mod tests {
 
         let c = load_str("[audio]\nsample_rate = 8000\n[session]\nurl = \"ws://a/\"\nmax_ms = 5000\n", &[
             ("VOXGATE_SESSION__URL", "wss://b:9/x"),
+            ("VOXGATE_WAKE__MODE", "always"),
             ("VOXGATE_SESSION__NO_SPEECH_MS", "1500"),
             ("VOXGATE_AUDIO__FILE_FOLLOW", "true"),
         ])
@@ -875,7 +880,7 @@ mod tests {
         assert_eq!(c.session.max_ms, 5000);
         assert_eq!(c.session.no_speech_ms, 1500);
         assert!(c.audio.file_follow);
-        assert_eq!(c.wake, WakeConfig::default());
+        assert_eq!(c.wake, WakeConfig { mode: WakeMode::Always, ..WakeConfig::default() });
     }
 
     #[test]
@@ -953,7 +958,8 @@ mod tests {
             ("[audio]\nfile_pacing = \"slow\"\n", &[], "audio.file_pacing", "configuration file"),
             ("", &[("VOXGATE_AUDIO__SAMPLE_RATE", "abc")], "audio.sample_rate", "environment variable"),
             ("[audio]\nsample_rate = 96000\n", &[], "audio.sample_rate", "configuration file"),
-            ("[audio]\nsample_rate = 11025\n", &[], "audio.frame_ms", "built-in default"),
+            ("[audio]\nsample_rate = 11025\n[wake]\nmode = \"manual\"\n", &[], "audio.frame_ms", "built-in default"),
+            ("[audio]\nsample_rate = 8000\n", &[], "audio.sample_rate", "configuration file"),
             ("[audio]\nsource = \"file:/nonexistent.wav\"\n", &[], "audio.source", "configuration file"),
             ("[wake]\nthreshold = 1.5\n", &[], "wake.threshold", "configuration file"),
             ("[wake]\nsensitivity = 1.2\n", &[], "wake.sensitivity", "configuration file"),

@@ -14,7 +14,8 @@
 
 use serde::Deserialize;
 
-use super::mfcc::{COEFFICIENTS, Mfcc};
+use super::mfcc::{COEFFICIENTS, Mfcc, RATE, SHIFT};
+use crate::audio::convert::Converter;
 
 const FORMAT: &str = "voxgate-conv/1";
 /// The window the network was trained on, in frames; the layers' shapes below follow from it.
@@ -377,16 +378,24 @@ impl Trigger {
     }
 }
 
-/// One model's detector: features, network and trigger, fed 16 kHz samples of any length.
+/// One model's detector: features, network and trigger, fed samples of any length at the audio's rate (higher
+/// rates than 16 kHz are resampled first; lower ones lack the sound above their Nyquist frequency the model
+/// listens to, and are refused by [`Engine::new`]).
 pub struct Engine {
     mfcc: Mfcc,
     net: Net,
     trigger: Trigger,
+    /// The audio's rate, when it is not 16 kHz, and its resampler.
+    resample: Option<(u32, Box<Converter>)>,
 }
 
 impl Engine {
-    pub fn new(model: std::sync::Arc<Model>, margin: f32, need: usize) -> Self {
-        Engine { mfcc: Mfcc::new(), net: Net::new(model), trigger: Trigger::new(margin, need) }
+    pub fn new(model: std::sync::Arc<Model>, margin: f32, need: usize, rate: u32) -> Result<Self, String> {
+        if rate < RATE {
+            return Err(rate_problem(rate));
+        }
+        let resample = (rate != RATE).then(|| resampler(rate).map(|c| (rate, c))).transpose()?;
+        Ok(Engine { mfcc: Mfcc::new(), net: Net::new(model), trigger: Trigger::new(margin, need), resample })
     }
 
     pub fn name(&self) -> &str {
@@ -397,6 +406,12 @@ impl Engine {
         self.mfcc.reset();
         self.net.reset();
         self.trigger.reset();
+        if let Some((rate, c)) = &mut self.resample {
+            // A fresh resampler: nothing of the audio before may reach the features. Made before, at this rate.
+            if let Ok(fresh) = resampler(*rate) {
+                *c = fresh;
+            }
+        }
     }
 
     pub fn in_progress(&self) -> bool {
@@ -405,23 +420,48 @@ impl Engine {
 
     /// Takes samples; the last detection they complete.
     pub fn feed(&mut self, pcm: &[i16]) -> Option<Hit> {
-        let (net, trigger) = (&mut self.net, &mut self.trigger);
+        let (net, trigger, mfcc) = (&mut self.net, &mut self.trigger, &mut self.mfcc);
         let mut found = None;
-        self.mfcc.push(pcm, |frame| {
-            if let Some(m) = net.push(frame) {
-                found = trigger.push(m).or(found);
+        let mut run = |pcm: &[i16]| {
+            mfcc.push(pcm, |frame| {
+                if let Some(m) = net.push(frame) {
+                    found = trigger.push(m).or(found);
+                }
+            })
+        };
+        match &mut self.resample {
+            None => run(pcm),
+            Some((_, c)) => {
+                let input: Vec<f32> = pcm.iter().map(|s| *s as f32 / 32768.0).collect();
+                c.push(&input, &mut |part| {
+                    run(&part);
+                    true
+                });
             }
-        });
+        }
         found
     }
 
-    /// Every margin the samples give, for checking the network against its training twin.
+    /// Every margin 16 kHz samples give, for checking the network against its training twin.
     pub fn margins(&mut self, pcm: &[i16]) -> Vec<Option<f32>> {
         let net = &mut self.net;
         let mut out = Vec::new();
         self.mfcc.push(pcm, |frame| out.push(net.push(frame)));
         out
     }
+}
+
+/// Why audio at `rate` (below 16 kHz) cannot be listened to by a built-in wake word.
+pub fn rate_problem(rate: u32) -> String {
+    format!(
+        "{rate} Hz is below the {RATE} Hz the built-in wake words listen at (they need the sound up to 8 kHz); \
+         use a wake word enrolled at this rate (wake.models), or wake.mode \"always\" or \"manual\""
+    )
+}
+
+/// A resampler from `rate` to 16 kHz, in 10 ms parts.
+fn resampler(rate: u32) -> Result<Box<Converter>, String> {
+    Converter::new(1, rate, RATE, SHIFT).map(Box::new).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -447,7 +487,7 @@ mod tests {
 
     fn fixture_pcm() -> Vec<i16> {
         let mut wav = hound::WavReader::open(fixtures().join("stream-en-us_m1.wav")).unwrap();
-        assert_eq!(wav.spec().sample_rate, super::super::mfcc::RATE);
+        assert_eq!(wav.spec().sample_rate, RATE);
         wav.samples::<i16>().map(Result::unwrap).collect()
     }
 
@@ -457,7 +497,7 @@ mod tests {
         let mut raw = Vec::new();
         Mfcc::new().push(&pcm, |f| raw.push(*f));
         let model = super::super::builtin::default().load().unwrap();
-        let mut engine = Engine::new(model, 0.0, 1);
+        let mut engine = Engine::new(model, 0.0, 1, RATE).unwrap();
         // In odd pieces, as frames of any size would come.
         let margins: Vec<Option<f32>> = pcm.chunks(317).flat_map(|c| engine.margins(c)).collect();
         assert_eq!(margins.len(), raw.len());

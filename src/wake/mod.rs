@@ -263,12 +263,10 @@ fn engines(cfg: &WakeConfig, spec: FrameSpec) -> Result<Vec<Engine>, WakeError> 
     for m in models {
         match m {
             ModelRef::Builtin(name) => {
-                if spec.sample_rate != mfcc::RATE {
-                    return Err(WakeError::Init(format!("the built-in wake words need {} Hz audio, not {} Hz", mfcc::RATE, spec.sample_rate)));
-                }
                 let b = builtin::find(name).map_err(|reason| WakeError::Load { what: m.to_string(), reason })?;
                 let model = b.load().map_err(|reason| WakeError::Load { what: m.to_string(), reason })?;
-                out.push(Engine::Conv(Box::new(conv::Engine::new(model, b.margin(cfg.sensitivity), b.min_scores))));
+                let e = conv::Engine::new(model, b.margin(cfg.sensitivity), b.min_scores, spec.sample_rate).map_err(WakeError::Init)?;
+                out.push(Engine::Conv(Box::new(e)));
             }
             ModelRef::File(path) => files.push(path),
         }

@@ -225,3 +225,16 @@ fn enroll_round_trip_and_bad_samples() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("long.wav") && err.contains("ms after trimming"), "{err}");
 }
+
+#[test]
+fn the_builtin_wakes_at_other_audio_rates() {
+    // A sound card's 22.05 and 48 kHz: the detector resamples to its own 16 kHz (below 16 kHz is refused: see config).
+    let (file, labels) = builtin_streams().into_iter().next().unwrap();
+    let refs: Vec<&Label> = labels.iter().collect();
+    for rate in [22050, 48000] {
+        let mut config = Config::default();
+        config.audio.sample_rate = rate;
+        let found = detections(&config, &file);
+        check(&format!("{file} at {rate} Hz"), &refs, &found);
+    }
+}
