@@ -1,15 +1,18 @@
-"""A convolutional wake word over the same features and data as train.py's MLP, measured on the benchmark's
-held-out streams with the same detection logic as sweep.py: to see whether a model that shares its weights
-along time (which rustpotter's MLP cannot) lifts the limits the MLP meets. Trained with JAX (CPU).
+"""The built-in wake words' model: a small convolutional network over rustpotter's features, trained on the
+same data as train.py's MLP (which it replaced: it shares its weights along time, which the MLP cannot), and
+measured on the benchmark's held-out streams with the same detection logic as sweep.py. JAX on the CPU.
 
     python3 conv.py jarvis [--reps 20] [--rounds 3] [--epochs 6] [--seed 2] [--width 32] [--norm window|ema]
-                           [--padding SAME|VALID] [--load] [--export PATH]
+                           [--padding SAME|VALID] [--scale coefficient|position] [--load]
+                           [--ensemble MEMBER ...] [--export PATH]
 
 `--norm window --padding SAME` is rustpotter's input (each window's mean removed) and must be recomputed whole
 for every window; `--norm ema --padding VALID` is the streaming form (each frame less a moving mean), whose
-layers a detector can compute one output at a time. Prints the training's progress, then the sweep table;
-saves the weights (numpy) in the cache, which `--load` measures again without training. `--export` writes the
-streaming form's weights as voxgate's detector reads them (the built-in is assets/wake/jarvis.vxc).
+layers a detector can compute one output at a time: the one voxgate runs. Prints the training's progress,
+then the sweep table; saves the weights (numpy) in the cache, which `--load` measures again without training.
+`--ensemble 32-position 48` measures the mean margin of models trained before (the shipped "jarvis" is that
+pair). `--export` writes the streaming form's model, one member or several, as voxgate's detector reads it
+(assets/wake/jarvis.vxc), and the fixture its network is checked against (tests/fixtures/wake/).
 """
 
 import argparse
@@ -30,6 +33,7 @@ FRAMES = 100
 SIZE = train.SIZE
 PADDING = "SAME"
 NORM = "window"
+SCALE = "coefficient"
 # rustpotter's features and windows, before main() puts the moving-mean ones in their place (for train.py's
 # and sweep.py's use too) with --norm ema.
 _MFCC, _WINDOWS = features.mfcc, features.windows
@@ -111,20 +115,31 @@ def mfcc(audio):
 
 
 def input_scale(x):
-    """Each input's spread. The streaming form's is one per coefficient, the same at every frame of the window
-    (a detector that computes each frame once cannot scale it by where it sits in the window)."""
-    if NORM == "window":
+    """Each input's spread: one per position in the window ("position", as the window form and the first
+    streaming models had), or one per coefficient ("coefficient"). The detector computes each frame once and
+    cannot scale it by where it sits in the window: it runs a position-scaled model with each coefficient's
+    mean scale, which is how this script measures it too."""
+    if NORM == "window" or SCALE == "position":
         return (x.std(axis=0) + 1e-3).astype(np.float32)
     return np.tile(x.reshape(len(x), FRAMES, SIZE).std(axis=(0, 1)) + 1e-3, FRAMES).astype(np.float32)
 
 
-def export(p, scale, name, path):
-    """The streaming form's weights for voxgate's detector (src/wake/conv.rs): MessagePack, float32."""
+def load(path):
+    """A member (parameters, scale) saved in the cache, as the detector runs it."""
+    z = np.load(path)
+    scale = z["scale"]
+    if NORM == "ema":
+        scale = np.tile(scale.reshape(FRAMES, SIZE).mean(axis=0), FRAMES)
+    return {k: jnp.asarray(z[k]) for k in z.files if k != "scale"}, scale
+
+
+def export(members, name, path):
+    """The streaming form's members for voxgate's detector (src/wake/conv.rs): MessagePack, float32."""
     import msgpack
     assert NORM == "ema" and PADDING == "VALID"
 
-    def tensor(k):
-        v = np.asarray(p[k], dtype=np.float32)
+    def tensor(v):
+        v = np.asarray(v, dtype=np.float32)
         return {"shape": list(v.shape), "data": v.ravel().tolist()}
 
     model = {
@@ -133,15 +148,17 @@ def export(p, scale, name, path):
         "frames": FRAMES,
         "coefficients": SIZE,
         "ema": 0.01,
-        "scale": [float(v) for v in scale.reshape(FRAMES, SIZE).mean(axis=0)],
-        "layers": {k: tensor(k) for k in ["k1", "b1", "k2", "b2", "k3", "b3", "d1", "e1", "d2", "e2"]},
+        "members": [{
+            "scale": [float(v) for v in scale.reshape(FRAMES, SIZE).mean(axis=0)],
+            "layers": {k: tensor(p[k]) for k in ["k1", "b1", "k2", "b2", "k3", "b3", "d1", "e1", "d2", "e2"]},
+        } for p, scale in members],
     }
     with open(path, "wb") as f:
         f.write(msgpack.packb(model, use_single_float=True))
     print(f"wrote {path}")
 
 
-def reference(p, scale, wav, path):
+def reference(members, wav, path):
     """The margins (and raw features) of every 10th window of `wav`, as the Python model computes them: the
     fixture the detector's own network is checked against."""
     import soundfile as sf
@@ -149,7 +166,7 @@ def reference(p, scale, wav, path):
     raw = _MFCC(a)
     f = ema_normalised(raw)
     idx = np.arange(FRAMES, len(f), 10)
-    m = margins_all(p, windows(f, idx) / scale)
+    m = Margins(members).margin(windows(f, idx))
     with open(path, "w") as out:
         out.write(f"# {wav.name}: frame, margin, its 16 MFCCs (before the moving mean); written by conv.py --export\n")
         for i, v in zip(idx, m):
@@ -162,13 +179,13 @@ def margins_all(p, x, batch=8192):
 
 
 class Margins:
-    """sweep.margins' interface for this model."""
+    """sweep.margins' interface (with scale 1) for one model or the mean of several, each with its own scale."""
 
-    def __init__(self, p):
-        self.p = p
+    def __init__(self, members):
+        self.members = members
 
     def margin(self, x):
-        return margins_all(self.p, x)
+        return np.mean([margins_all(p, x / scale) for p, scale in self.members], axis=0)
 
 
 def fit(a, rng, t0):
@@ -241,42 +258,44 @@ def main():
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--norm", choices=["window", "ema"], default="window")
     ap.add_argument("--padding", choices=["SAME", "VALID"], default="SAME")
+    ap.add_argument("--scale", choices=["coefficient", "position"], default="coefficient")
     ap.add_argument("--load", action="store_true", help="measure the model trained last time with these settings")
+    ap.add_argument("--ensemble", nargs="+", metavar="MEMBER",
+                    help="measure the mean margin of models trained before, named as in the cache (WIDTH or WIDTH-position)")
     ap.add_argument("--export", metavar="PATH", help="write the (streaming form's) weights for voxgate's detector")
     a = ap.parse_args()
-    global NORM, PADDING
-    NORM, PADDING = a.norm, a.padding
+    global NORM, PADDING, SCALE
+    NORM, PADDING, SCALE = a.norm, a.padding, a.scale
     if NORM == "ema":
         features.mfcc = mfcc
         features.windows = lambda f, length, ends: windows(f, ends)
     rng = np.random.default_rng(a.seed)
     t0 = time.time()
-    saved = corpus.cache_dir() / f"conv-{a.target}-{NORM}-{PADDING}-{a.width}.npz"
-    if a.load:
-        z = np.load(saved)
-        scale = z["scale"]
-        if NORM == "ema":
-            # Models saved before the scale was one per coefficient: as the detector runs them.
-            scale = np.tile(scale.reshape(FRAMES, SIZE).mean(axis=0), FRAMES)
-        p = {k: jnp.asarray(z[k]) for k in z.files if k != "scale"}
+    stem = f"conv-{a.target}-{NORM}-{PADDING}"
+    saved = corpus.cache_dir() / f"{stem}-{a.width}{'-position' if NORM == 'ema' and SCALE == 'position' else ''}.npz"
+    if a.ensemble:
+        members = [load(corpus.cache_dir() / f"{stem}-{m}.npz") for m in a.ensemble]
+    elif a.load:
+        members = [load(saved)]
     else:
         p, scale = fit(a, rng, t0)
         np.savez(saved, scale=scale, **{k: np.asarray(v) for k, v in p.items()})
+        members = [load(saved)]
     if a.export:
-        export(p, scale, a.target, a.export)
+        export(members, a.target, a.export)
         import pathlib
         fixtures = pathlib.Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "wake"
-        reference(p, scale, fixtures / "stream-en-us_m1.wav", fixtures / f"{a.target}-margins.tsv")
+        reference(members, fixtures / "stream-en-us_m1.wav", fixtures / f"{a.target}-margins.tsv")
     d = bench.streams(a.target)
-    m = Margins(p)
-    neg_m = sweep.margins(m, scale, FRAMES, d / "neg.wav")
+    m, one = Margins(members), np.float32(1)
+    neg_m = sweep.margins(m, one, FRAMES, d / "neg.wav")
     hours = len(neg_m) / 100 / 3600
-    music_m = sweep.margins(m, scale, FRAMES, d / "music.wav")
+    music_m = sweep.margins(m, one, FRAMES, d / "music.wav")
     music_hours = len(music_m) / 100 / 3600
-    pos = {snr: (sweep.margins(m, scale, FRAMES, d / f"pos-{snr}.wav"), np.load(d / f"pos-{snr}.npy")) for snr in (10, 20)}
+    pos = {snr: (sweep.margins(m, one, FRAMES, d / f"pos-{snr}.wav"), np.load(d / f"pos-{snr}.npy")) for snr in (10, 20)}
     print(f"\n{hours:.2f} h of other speech, {music_hours:.2f} h of music; {time.time() - t0:.0f} s\n"
           "margin min_scores | miss10 miss20 | FA/h | FA/h music | delay ms")
-    for th in [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 24]:
+    for th in [0, 4, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20, 24]:
         for need in [1, 2, 4, 8]:
             fa = len(train.detections(neg_m, need, th, FRAMES)) / hours
             fa_music = len(train.detections(music_m, need, th, FRAMES)) / music_hours

@@ -47,7 +47,7 @@ pub const BUILTINS: &[Builtin] = &[Builtin {
     model: include_bytes!("../../assets/wake/jarvis.vxc"),
     strict_margin: 20.0,
     lax_margin: 8.0,
-    min_scores: 2,
+    min_scores: 1,
 }];
 
 /// The default wake word (`wake.models = []`).

@@ -37,6 +37,11 @@ struct FileModel {
     frames: usize,
     coefficients: usize,
     ema: f64,
+    members: Vec<FileMember>,
+}
+
+#[derive(Deserialize)]
+struct FileMember {
     scale: Vec<f32>,
     layers: FileLayers,
 }
@@ -77,11 +82,17 @@ impl Tensor {
     }
 }
 
-/// A loaded, checked model.
+/// A loaded, checked model: one network or several, whose margins are averaged.
 #[derive(Debug)]
 pub struct Model {
     pub name: String,
     ema: f64,
+    members: Vec<Member>,
+}
+
+/// One network.
+#[derive(Debug)]
+struct Member {
     inv_scale: [f32; COEFFICIENTS],
     /// Channels of the three convolutions and units of the dense layer.
     widths: [usize; 3],
@@ -94,6 +105,9 @@ pub struct Model {
     d2: Vec<f32>,
     e2: f32,
 }
+
+/// More networks than this in one model is not a wake word but a mistake (each costs CPU on every frame).
+const MAX_MEMBERS: usize = 8;
 
 impl Model {
     /// Reads a model file's bytes; what is wrong with them otherwise.
@@ -108,6 +122,16 @@ impl Model {
         if !(f.ema > 0.0 && f.ema < 1.0) {
             return Err(format!("moving-mean factor {} is not between 0 and 1", f.ema));
         }
+        if !(1..=MAX_MEMBERS).contains(&f.members.len()) {
+            return Err(format!("{} networks; a model has 1 to {MAX_MEMBERS}", f.members.len()));
+        }
+        let members = f.members.into_iter().enumerate().map(|(i, m)| Member::new(m).map_err(|e| format!("network {}: {e}", i + 1)));
+        Ok(Model { name: f.name, ema: f.ema, members: members.collect::<Result<_, _>>()? })
+    }
+}
+
+impl Member {
+    fn new(f: FileMember) -> Result<Member, String> {
         let scale: [f32; COEFFICIENTS] = f.scale.try_into().map_err(|s: Vec<f32>| format!("{} scales, not {COEFFICIENTS}", s.len()))?;
         if scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err("a scale is not a positive number".into());
@@ -128,9 +152,7 @@ impl Model {
         let e1 = l.e1.take("e1", &[hidden])?;
         let d2 = l.d2.take("d2", &[hidden, 2])?;
         let e2 = l.e2.take("e2", &[2])?;
-        Ok(Model {
-            name: f.name,
-            ema: f.ema,
+        Ok(Member {
             inv_scale: scale.map(|s| 1.0 / s),
             widths: [c1, c2, c3],
             hidden,
@@ -211,11 +233,54 @@ fn conv(rows: &[&[f32]], kernel: &[f32], bias: &[f32], out: &mut [f32]) {
     out.iter_mut().for_each(|o| *o = o.max(0.0));
 }
 
-/// The network over a stream of feature frames: one margin per frame once it has seen a whole window.
+/// The model over a stream of feature frames: one margin per frame once it has seen a whole window.
 pub struct Net {
     model: std::sync::Arc<Model>,
     mean: [f64; COEFFICIENTS],
     started: bool,
+    streams: Vec<Stream>,
+}
+
+impl Net {
+    pub fn new(model: std::sync::Arc<Model>) -> Self {
+        let streams = model.members.iter().map(Stream::new).collect();
+        Net { mean: [0.0; COEFFICIENTS], started: false, streams, model }
+    }
+
+    pub fn reset(&mut self) {
+        self.started = false;
+        self.streams.iter_mut().for_each(Stream::reset);
+    }
+
+    /// Takes one feature frame; the margin of the window it ends (the networks' mean), once there is a whole
+    /// window.
+    pub fn push(&mut self, frame: &[f32; COEFFICIENTS]) -> Option<f32> {
+        let m = &self.model;
+        if !self.started {
+            self.started = true;
+            for (mean, v) in self.mean.iter_mut().zip(frame) {
+                *mean = *v as f64;
+            }
+        }
+        let mut x = [0.0f32; COEFFICIENTS];
+        for i in 0..COEFFICIENTS {
+            self.mean[i] += m.ema * (frame[i] as f64 - self.mean[i]);
+            x[i] = (frame[i] as f64 - self.mean[i]) as f32;
+        }
+        let mut sum = 0.0;
+        let mut all = true;
+        for (s, member) in self.streams.iter_mut().zip(&m.members) {
+            match s.push(member, &x) {
+                Some(margin) => sum += margin,
+                None => all = false,
+            }
+        }
+        all.then(|| sum / self.streams.len() as f32)
+    }
+}
+
+/// One network's layers over the stream, each kept as a ring of its last outputs.
+struct Stream {
     x: Ring,
     c1: Ring,
     p1: Ring,
@@ -228,13 +293,11 @@ pub struct Net {
     hidden: Vec<f32>,
 }
 
-impl Net {
-    pub fn new(model: std::sync::Arc<Model>) -> Self {
-        let [a, b, c] = model.widths;
+impl Stream {
+    fn new(m: &Member) -> Self {
+        let [a, b, c] = m.widths;
         // Each ring holds what the next layer reaches back over (see the module's note on alignment).
-        Net {
-            mean: [0.0; COEFFICIENTS],
-            started: false,
+        Stream {
             x: Ring::new(KERNELS[0], COEFFICIENTS),
             c1: Ring::new(2, a),
             p1: Ring::new(2 * (KERNELS[1] - 1) + 1, a),
@@ -243,31 +306,21 @@ impl Net {
             c3: Ring::new(17, c),
             p3: Ring::new(20 * (POOLED - 1) + 1, c),
             rows: [vec![0.0; a], vec![0.0; b], vec![0.0; c]],
-            hidden: vec![0.0; model.hidden],
-            model,
+            hidden: vec![0.0; m.hidden],
         }
     }
 
-    pub fn reset(&mut self) {
-        self.started = false;
+    fn reset(&mut self) {
         for r in [&mut self.x, &mut self.c1, &mut self.p1, &mut self.c2, &mut self.p2, &mut self.c3, &mut self.p3] {
             r.clear();
         }
     }
 
-    /// Takes one feature frame; the margin of the window it ends, once there is a whole window.
-    pub fn push(&mut self, frame: &[f32; COEFFICIENTS]) -> Option<f32> {
-        let m = &self.model;
-        if !self.started {
-            self.started = true;
-            for (mean, v) in self.mean.iter_mut().zip(frame) {
-                *mean = *v as f64;
-            }
-        }
+    /// Takes one frame less its moving mean; this network's margin, once it has a whole window.
+    fn push(&mut self, m: &Member, frame: &[f32; COEFFICIENTS]) -> Option<f32> {
         let mut x = [0.0f32; COEFFICIENTS];
-        for i in 0..COEFFICIENTS {
-            self.mean[i] += m.ema * (frame[i] as f64 - self.mean[i]);
-            x[i] = (frame[i] as f64 - self.mean[i]) as f32 * m.inv_scale[i];
+        for ((x, f), s) in x.iter_mut().zip(frame).zip(&m.inv_scale) {
+            *x = f * s;
         }
         self.x.push(&x);
         if !self.x.full() {
@@ -561,16 +614,28 @@ mod tests {
         let mut bad = v.clone();
         set(&mut bad, &["format"], "voxgate-conv/9".into());
         check(&bad, "format \"voxgate-conv/9\" is not \"voxgate-conv/1\"");
-        let mut bad = v.clone();
-        set(&mut bad, &["layers", "k2", "shape"], rmpv::Value::Array(vec![5.into(), 3.into(), 48.into()]));
-        check(&bad, &format!("layer k2 has shape [5, 3, 48], not [5, {}, 48]", good_width(&v)));
-        set(&mut v, &["scale"], rmpv::Value::Array(vec![1.0f32.into(); 3]));
-        check(&v, "3 scales, not 16");
+        let rmpv::Value::Map(top) = &mut v else { panic!("not a map") };
+        let members = &mut top.iter_mut().find(|(k, _)| k.as_str() == Some("members")).unwrap().1;
+        let rmpv::Value::Array(list) = members else { panic!("members: not a list") };
+        let first = list[0].clone();
+        let mut bad = first.clone();
+        set(&mut bad, &["layers", "k2", "shape"], rmpv::Value::Array(vec![5.into(), 3.into(), 7.into()]));
+        list.push(bad);
+        let n = list.len();
+        let c1 = Model::from_bytes(good).unwrap().members[0].widths[0];
+        check(&v, &format!("network {n}: layer k2 has shape [5, 3, 7], not [5, {c1}, 7]"));
+        let mut bad = first.clone();
+        set(&mut bad, &["scale"], rmpv::Value::Array(vec![1.0f32.into(); 3]));
+        set_members(&mut v, vec![bad]);
+        check(&v, "network 1: 3 scales, not 16");
+        set_members(&mut v, vec![first; MAX_MEMBERS + 1]);
+        check(&v, "9 networks; a model has 1 to 8");
+        set_members(&mut v, vec![]);
+        check(&v, "0 networks; a model has 1 to 8");
     }
 
-    fn good_width(v: &rmpv::Value) -> usize {
-        let mut bytes = Vec::new();
-        rmpv::encode::write_value(&mut bytes, v).unwrap();
-        Model::from_bytes(&bytes).unwrap().widths[0]
+    fn set_members(v: &mut rmpv::Value, to: Vec<rmpv::Value>) {
+        let rmpv::Value::Map(top) = v else { panic!("not a map") };
+        top.iter_mut().find(|(k, _)| k.as_str() == Some("members")).unwrap().1 = rmpv::Value::Array(to);
     }
 }

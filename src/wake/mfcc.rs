@@ -118,8 +118,8 @@ impl Mfcc {
             self.parts.copy_within(SHIFT.., 0);
             let newest = &mut self.parts[FRAME - SHIFT..];
             newest[0] = self.part[0];
-            for k in 1..SHIFT {
-                newest[k] = self.part[k] - PRE_EMPHASIS * self.part[k - 1];
+            for (e, p) in newest[1..].iter_mut().zip(self.part.windows(2)) {
+                *e = p[1] - PRE_EMPHASIS * p[0];
             }
             self.have = (self.have + 1).min(3);
             if self.have == 3 {
