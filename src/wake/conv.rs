@@ -8,9 +8,12 @@
 //! their last input arrives, and kept in a ring: one output per layer per 10 ms frame, the same margins as
 //! the whole window recomputed each time (checked against the Python model in the tests).
 //!
+//! A model holds one network or several (up to 8) over the same features, whose margins are averaged: the
+//! built-in "jarvis" is two, of different widths, whose errors partly cancel.
+//!
 //! A model file (`.vxc`) is MessagePack: `{format: "voxgate-conv/1", name, frames: 100, coefficients: 16,
-//! ema, scale: [16], layers: {k1, b1, k2, b2, k3, b3, d1, e1, d2, e2}}`, each layer `{shape, data}` in f32,
-//! convolution kernels as (width, in, out) and dense weights as (in, out).
+//! ema, members: [{scale: [16], layers: {k1, b1, k2, b2, k3, b3, d1, e1, d2, e2}}, …]}`, each layer
+//! `{shape, data}` in f32, convolution kernels as (width, in, out) and dense weights as (in, out).
 
 use serde::Deserialize;
 

@@ -1,8 +1,9 @@
-//! Wake-word detection: gate → rustpotter, with the pre-roll ring.
+//! Wake-word detection: gate → engines, with the pre-roll ring.
 //!
-//! [`Detector`] is synchronous and owns everything: the energy [`gate::Gate`], the re-chunking of our frames
-//! into rustpotter's 30 ms frames (a fixed byte buffer, nothing allocated per frame on our side), rustpotter
-//! itself, and the [`Preroll`] ring of recent frames. It runs on its own thread (see `daemon`), never on the
+//! [`Detector`] is synchronous and owns everything: the energy [`gate::Gate`], the engines (the built-in
+//! wake words' convolutional networks, [`conv`], one per built-in; rustpotter for `.rpw` files, with the
+//! re-chunking of our frames into its 30 ms frames in a fixed byte buffer), and the [`Preroll`] ring of recent
+//! frames. Nothing is allocated per frame on our side at 16 kHz. It runs on its own thread (see `daemon`), never on the
 //! async runtime: frames come in from the audio source's channel, [`Detection`]s go out to the supervisor.
 
 pub mod builtin;
@@ -92,7 +93,7 @@ impl Preroll {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DetectorStats {
     pub frames: u64,
-    /// Frames rustpotter looked at (the rest were gated out).
+    /// Frames the engines looked at (the rest were gated out).
     pub frames_scored: u64,
     pub detections: u64,
     /// Detections dropped inside `wake.refractory_ms` of the previous one.
@@ -201,19 +202,20 @@ struct Hit {
 /// A detector engine: rustpotter (the .rpw files, with the `wake` section's settings) or the convolutional
 /// network (a built-in, with its own).
 enum Engine {
-    Rustpotter { rp: Box<Rustpotter>, chunks: Rechunker },
+    /// `eager`: it reports at `min_scores` windows, at the end of the phrase, not ~0.8 s after it.
+    Rustpotter { rp: Box<Rustpotter>, chunks: Rechunker, eager: bool },
     Conv(Box<conv::Engine>),
 }
 
 impl Engine {
-    fn rustpotter(rp: Rustpotter) -> Self {
+    fn rustpotter(rp: Rustpotter, eager: bool) -> Self {
         let chunks = Rechunker::new(rp.get_bytes_per_frame());
-        Engine::Rustpotter { rp: Box::new(rp), chunks }
+        Engine::Rustpotter { rp: Box::new(rp), chunks, eager }
     }
 
     fn reset(&mut self) {
         match self {
-            Engine::Rustpotter { rp, chunks } => {
+            Engine::Rustpotter { rp, chunks, .. } => {
                 rp.reset();
                 chunks.clear();
             }
@@ -237,15 +239,18 @@ impl Engine {
         }
     }
 
-    /// Its detections come at the end of the phrase, not ~0.8 s after it (rustpotter's templates).
+    /// Its detections come at the end of the phrase, not ~0.8 s after it (rustpotter's templates, unless eager).
     fn at_phrase_end(&self) -> bool {
-        matches!(self, Engine::Conv(_))
+        match self {
+            Engine::Rustpotter { eager, .. } => *eager,
+            Engine::Conv(_) => true,
+        }
     }
 
     /// The last detection `pcm` completes.
     fn feed(&mut self, pcm: &[i16]) -> Option<Hit> {
         match self {
-            Engine::Rustpotter { rp, chunks } => {
+            Engine::Rustpotter { rp, chunks, .. } => {
                 chunks.feed(rp, pcm, |_| {}).map(|d| Hit { name: d.name, score: d.score, avg_score: d.avg_score })
             }
             Engine::Conv(c) => c.feed(pcm).map(|h| Hit { name: c.name().to_string(), score: h.score, avg_score: h.avg_score }),
@@ -278,7 +283,7 @@ fn engines(cfg: &WakeConfig, spec: FrameSpec) -> Result<Vec<Engine>, WakeError> 
             rp.add_wakeword_from_file(&format!("model{i}"), &path.to_string_lossy())
                 .map_err(|reason| WakeError::Load { what: path.display().to_string(), reason })?;
         }
-        out.push(Engine::rustpotter(rp));
+        out.push(Engine::rustpotter(rp, cfg.eager));
     }
     Ok(out)
 }
