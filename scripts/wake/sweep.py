@@ -1,5 +1,6 @@
 """Threshold and min_scores sweep of a trained model (its numpy twin, train.py's .npz) over the benchmark's
-streams, with rustpotter's detection logic simulated: for choosing the built-in's settings.
+streams, with rustpotter's detection logic simulated (the one the first built-in chose its settings with;
+conv.py uses its margins and the same logic for the convolutional model).
 
     python3 sweep.py MODEL.rpw [phrase]
 """

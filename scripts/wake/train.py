@@ -1,9 +1,11 @@
-"""Trains a built-in wake word on the real recordings: rustpotter's neural model, learnt from the phrase's
-training takes against the other phrases, synthetic speech and noise, with hard negatives mined from a long
-negative stream. Prints its progress; writes the .rpw, and its numpy twin (for sweep.py) in the cache.
-`make wake-train` runs it with the shipped model's settings; the held-out figures come from bench.py.
+"""The training data of the built-in wake words (positive windows, negative streams, masks, hard negatives),
+which conv.py trains the shipped model on; and, run as a script, the model the first built-in was: rustpotter's
+neural model (an MLP), learnt from the phrase's training takes against the other phrases, synthetic speech and
+noise. Prints its progress; writes the .rpw, and its numpy twin (for sweep.py) in the cache. The first
+built-in was made with `VOXGATE_WAKE_POSITIVE_UNTIL=36 train.py jarvis OUT.rpw --seed 2 --rounds 4 --reps 20`;
+its figures are in docs/BENCHMARKS.md ("Before").
 
-    python3 train.py jarvis assets/wake/jarvis.rpw [--kind large] [--frames 100] [--seed 1] [--reps 12]
+    python3 train.py jarvis OUT.rpw [--kind large] [--frames 100] [--seed 1] [--reps 12]
                      [--rounds 2] [--epochs 6]    (VOXGATE_WAKE_POSITIVE_UNTIL: positive windows, in 10 ms)
 """
 
