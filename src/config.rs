@@ -190,6 +190,17 @@ pub struct WakeConfig {
     pub gate_margin_db: f64,
 }
 
+impl WakeConfig {
+    /// The wake words listened for: `models`, or the default built-in when it is empty.
+    pub fn models_or_default(&self) -> std::borrow::Cow<'_, [ModelRef]> {
+        if self.models.is_empty() {
+            vec![ModelRef::Builtin(crate::wake::builtin::default().name.to_string())].into()
+        } else {
+            self.models.as_slice().into()
+        }
+    }
+}
+
 impl Default for WakeConfig {
     fn default() -> Self {
         WakeConfig {
@@ -736,7 +747,7 @@ pub fn validate(c: &Config) -> Vec<(&'static str, String)> {
     if !(0.0..=1.0).contains(&c.wake.sensitivity) {
         p.push(("wake.sensitivity", format!("{} is out of range (0 to 1)", c.wake.sensitivity)));
     }
-    let builtin = c.wake.models.is_empty() || c.wake.models.iter().any(|m| matches!(m, ModelRef::Builtin(_)));
+    let builtin = c.wake.models_or_default().iter().any(|m| matches!(m, ModelRef::Builtin(_)));
     if c.wake.mode == WakeMode::Wakeword && builtin && c.audio.sample_rate < crate::wake::mfcc::RATE {
         p.push(("audio.sample_rate", crate::wake::conv::rate_problem(c.audio.sample_rate)));
     }

@@ -85,6 +85,21 @@ impl Converter {
         slots as u64
     }
 
+    /// Forgets everything pushed so far: what comes out next is what a new converter would make of the samples
+    /// pushed after this.
+    pub fn reset(&mut self) {
+        if let Some(r) = self.resampler.as_mut() {
+            r.rs.reset();
+            r.input[0].clear();
+            r.skip = r.rs.output_delay();
+            r.frames_in = 0;
+            r.frames_out = 0;
+        }
+        self.out.frame.clear();
+        self.out.discard = 0;
+        self.lost_rem = 0;
+    }
+
     /// Feeds interleaved samples (a whole number of device frames). `emit` receives each complete frame and
     /// returns `false` to stop early; then `push` returns `false` too.
     pub fn push(&mut self, interleaved: &[f32], emit: &mut dyn FnMut(Vec<i16>) -> bool) -> bool {
@@ -251,6 +266,21 @@ mod tests {
         assert!(out.len() >= 8, "{out:?}");
         for (seq, frame) in &out {
             assert_eq!(frame, &vec![*seq as i16; 4], "frame {seq} holds the audio of source frame {seq}");
+        }
+    }
+
+    #[test]
+    fn a_reset_converter_makes_what_a_new_one_does() {
+        let tone = |f: f32| (0..4801).map(move |i| 0.4 * (2.0 * std::f32::consts::PI * f * i as f32 / 48000.0).sin()).collect::<Vec<f32>>();
+        for (in_rate, out_rate) in [(48000, 16000), (22050, 16000), (16000, 16000)] {
+            // Audio, a loss and part of a frame, all forgotten.
+            let mut used = Converter::new(1, in_rate, out_rate, 160).unwrap();
+            used.gap(7);
+            assert!(!run(&mut used, &tone(300.0)).is_empty());
+            used.reset();
+            let fresh = run(&mut Converter::new(1, in_rate, out_rate, 160).unwrap(), &tone(1000.0));
+            assert!(!fresh.is_empty());
+            assert_eq!(run(&mut used, &tone(1000.0)), fresh, "{in_rate} → {out_rate}");
         }
     }
 

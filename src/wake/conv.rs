@@ -185,21 +185,19 @@ impl Ring {
         Ring { data: vec![0.0; rows * width], width, rows, next: 0, have: 0 }
     }
 
-    fn full(&self) -> bool {
-        self.have == self.rows
-    }
-
     /// The row `back` steps before the newest (0: the newest).
     fn back(&self, back: usize) -> &[f32] {
         let i = (self.next + self.rows - 1 - back) % self.rows;
         &self.data[i * self.width..(i + 1) * self.width]
     }
 
-    fn push(&mut self, row: &[f32]) {
+    /// Adds a row; whether the ring now holds all its rows (the next layer has what it reaches back over).
+    fn push(&mut self, row: &[f32]) -> bool {
         let i = self.next;
         self.data[i * self.width..(i + 1) * self.width].copy_from_slice(row);
         self.next = (i + 1) % self.rows;
         self.have = (self.have + 1).min(self.rows);
+        self.have == self.rows
     }
 
     /// The element-wise maximum of the rows `backs` steps back, into `out`.
@@ -325,39 +323,32 @@ impl Stream {
         for ((x, f), s) in x.iter_mut().zip(frame).zip(&m.inv_scale) {
             *x = f * s;
         }
-        self.x.push(&x);
-        if !self.x.full() {
+        if !self.x.push(&x) {
             return None;
         }
         let [r1, r2, r3] = &mut self.rows;
         conv(&[self.x.back(4), self.x.back(3), self.x.back(2), self.x.back(1), self.x.back(0)], &m.k[0], &m.b[0], r1);
-        self.c1.push(r1);
-        if !self.c1.full() {
+        if !self.c1.push(r1) {
             return None;
         }
         self.c1.max_of([0, 1], r1);
-        self.p1.push(r1);
-        if !self.p1.full() {
+        if !self.p1.push(r1) {
             return None;
         }
         conv(&[self.p1.back(8), self.p1.back(6), self.p1.back(4), self.p1.back(2), self.p1.back(0)], &m.k[1], &m.b[1], r2);
-        self.c2.push(r2);
-        if !self.c2.full() {
+        if !self.c2.push(r2) {
             return None;
         }
         self.c2.max_of([0, 2], r2);
-        self.p2.push(r2);
-        if !self.p2.full() {
+        if !self.p2.push(r2) {
             return None;
         }
         conv(&[self.p2.back(8), self.p2.back(4), self.p2.back(0)], &m.k[2], &m.b[2], r3);
-        self.c3.push(r3);
-        if !self.c3.full() {
+        if !self.c3.push(r3) {
             return None;
         }
         self.c3.max_of([0, 4, 8, 12, 16], r3);
-        self.p3.push(r3);
-        if !self.p3.full() {
+        if !self.p3.push(r3) {
             return None;
         }
         // The dense layer is a convolution over the window's four pooled rows: d1 is (4 × c3, hidden).
@@ -441,8 +432,8 @@ pub struct Engine {
     mfcc: Mfcc,
     net: Net,
     trigger: Trigger,
-    /// The audio's rate, when it is not 16 kHz, and its resampler.
-    resample: Option<(u32, Box<Converter>)>,
+    /// The resampler, when the audio is not at 16 kHz, and its input buffer.
+    resample: Option<(Box<Converter>, Vec<f32>)>,
 }
 
 impl Engine {
@@ -450,7 +441,7 @@ impl Engine {
         if rate < RATE {
             return Err(rate_problem(rate));
         }
-        let resample = (rate != RATE).then(|| resampler(rate).map(|c| (rate, c))).transpose()?;
+        let resample = (rate != RATE).then(|| resampler(rate).map(|c| (c, Vec::new()))).transpose()?;
         Ok(Engine { mfcc: Mfcc::new(), net: Net::new(model), trigger: Trigger::new(margin, need), resample })
     }
 
@@ -462,11 +453,9 @@ impl Engine {
         self.mfcc.reset();
         self.net.reset();
         self.trigger.reset();
-        if let Some((rate, c)) = &mut self.resample {
-            // A fresh resampler: nothing of the audio before may reach the features. Made before, at this rate.
-            if let Ok(fresh) = resampler(*rate) {
-                *c = fresh;
-            }
+        if let Some((c, _)) = &mut self.resample {
+            // Nothing of the audio before may reach the features.
+            c.reset();
         }
     }
 
@@ -487,9 +476,10 @@ impl Engine {
         };
         match &mut self.resample {
             None => run(pcm),
-            Some((_, c)) => {
-                let input: Vec<f32> = pcm.iter().map(|s| *s as f32 / 32768.0).collect();
-                c.push(&input, &mut |part| {
+            Some((c, input)) => {
+                input.clear();
+                input.extend(pcm.iter().map(|s| *s as f32 / 32768.0));
+                c.push(input, &mut |part| {
                     run(&part);
                     true
                 });

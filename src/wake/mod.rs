@@ -261,11 +261,10 @@ impl Engine {
 /// The engines `cfg` asks for: one per built-in (by default `builtin:jarvis`), and one rustpotter for the
 /// files.
 fn engines(cfg: &WakeConfig, spec: FrameSpec) -> Result<Vec<Engine>, WakeError> {
-    let default = [ModelRef::Builtin(builtin::default().name.to_string())];
-    let models = if cfg.models.is_empty() { &default[..] } else { &cfg.models[..] };
+    let models = cfg.models_or_default();
     let mut out = Vec::new();
     let mut files = Vec::new();
-    for m in models {
+    for m in models.iter() {
         match m {
             ModelRef::Builtin(name) => {
                 let b = builtin::find(name).map_err(|reason| WakeError::Load { what: m.to_string(), reason })?;
