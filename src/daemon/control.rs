@@ -1,7 +1,7 @@
 //! The daemon task's side of the control protocol: answers each [`Call`] (from the control socket, the signal
 //! thread's SIGHUP, or a test) and runs reloads. It reads the supervisor's state and totals (watch channels),
 //! asks the detector thread through its [`Listener`] handle (acknowledged commands) and the supervisor through
-//! its command channel; it never touches either's state itself.
+//! its command channel (acknowledged once applied); it never touches either's state itself.
 //!
 //! A reload prepares everything that can fail first (the file, the session parameters with the token and CA,
 //! the wake-word models, the new source), then switches: the detector thread first (acknowledged, or nothing
@@ -24,7 +24,7 @@ use crate::control::server::Call;
 use crate::logging::LogHandle;
 use crate::session::connect::{Params, ParamsError};
 use crate::session::homeassistant::SharedStatus;
-use crate::session::supervisor::{Command, Totals};
+use crate::session::supervisor::{self, Command, Totals};
 use crate::session::{Event, State};
 use crate::wake::listener::{Listener, ListenerError, Setup};
 use crate::wake::WakeError;
@@ -62,7 +62,7 @@ pub(super) struct Controller {
     /// Frames and overruns of the sources a reload replaced.
     pub retired: (u64, u64),
     pub listener: Listener,
-    pub commands: mpsc::Sender<Command>,
+    pub commands: mpsc::Sender<supervisor::Call>,
     pub events: broadcast::Sender<Event>,
     pub state: watch::Receiver<State>,
     pub totals: watch::Receiver<Totals>,
@@ -130,8 +130,9 @@ impl Controller {
         let _ = reply.send(answer);
     }
 
+    /// Answers once the supervisor has applied `c`.
     async fn command(&self, c: Command) -> Reply {
-        match self.commands.send(c).await {
+        match supervisor::call(&self.commands, c).await {
             Ok(()) => Reply::ok(),
             Err(_) => Reply::error("the daemon is shutting down"),
         }
@@ -241,7 +242,7 @@ impl Controller {
         // 2. Switch. The detector thread acknowledges, or nothing has changed yet (a new source is dropped).
         let setup = Setup { config: new.clone(), detector, feed: source.as_ref().map(|s| s.feed()) };
         self.listener.reconfigure(setup).await?;
-        self.commands.send(Command::Reconfigure(Box::new(params))).await.map_err(|_| ReloadError::ShuttingDown)?;
+        supervisor::call(&self.commands, Command::Reconfigure(Box::new(params))).await.map_err(|_| ReloadError::ShuttingDown)?;
         if let Some((sounds, fetcher)) = playback {
             let output = super::output_config(&new);
             let setup = crate::playback::speaker::Setup { output, sounds, fetcher, echo: Default::default(), config: new.clone() };

@@ -125,7 +125,7 @@ struct Task {
 
 impl Task {
     fn muted(&self) -> bool {
-        *self.reporter.state.borrow() == State::Muted
+        *self.reporter.muted.borrow()
     }
 
     fn play(&mut self, clip: Arc<Clip>, kind: Kind) -> Option<u64> {
@@ -262,6 +262,7 @@ async fn run(
     });
     let (loaded_tx, mut loaded) = mpsc::channel::<Loaded>(ANSWERS_QUEUE);
     let (analysed, mut analyses) = mpsc::unbounded_channel();
+    let mut muted = reporter.muted.subscribe();
     let mut task = Task {
         output,
         sounds,
@@ -297,11 +298,15 @@ async fn run(
                     task.chime(|s| &s.wake);
                 }
                 Ok(Event::State { state: State::Draining }) => task.chime(|s| &s.end),
-                Ok(Event::State { state: State::Muted }) => task.stop(None, "muted"),
                 Ok(Event::SessionEnd(s)) if s.reason == EndReason::Error => task.chime(|s| &s.error),
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             },
+            Ok(()) = muted.changed() => {
+                if *muted.borrow_and_update() {
+                    task.stop(None, "muted");
+                }
+            }
             a = answers.recv() => match a {
                 Some(Answer::Url { url, bearer }) => {
                     if task.output.is_some() && !task.muted() {

@@ -164,6 +164,8 @@ pub struct Reporter {
     pub homeassistant: homeassistant::SharedStatus,
     /// An answer is being played (the speaker sets it; the supervisor shows it in the state).
     pub speaking: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Muted (the supervisor sets it on `mute`; the speaker stays silent while it is).
+    pub muted: Arc<tokio::sync::watch::Sender<bool>>,
     /// Where sessions send what a server asks to be said; none: nobody plays.
     pub answers: Option<tokio::sync::mpsc::Sender<crate::playback::Answer>>,
     /// Counts each event, with `[metrics]` on.
@@ -177,6 +179,7 @@ impl Reporter {
             state: Arc::new(tokio::sync::watch::Sender::new(State::Listening)),
             homeassistant: Default::default(),
             speaking: Arc::new(tokio::sync::watch::Sender::new(false)),
+            muted: Arc::new(tokio::sync::watch::Sender::new(false)),
             answers: None,
             metrics: None,
         }

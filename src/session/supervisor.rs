@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
@@ -45,17 +45,31 @@ pub enum Command {
     Reconfigure(Box<Params>),
 }
 
+/// A [`Command`] with what acknowledges it: the supervisor answers once the command is applied and the state
+/// that follows is published, so that whoever asked sees its effect (`status`, a `say` after `unmute`).
+pub type Call = (Command, oneshot::Sender<()>);
+
+/// Sends `c` and waits until the supervisor has applied it; `Err` when the supervisor is gone.
+pub async fn call(commands: &mpsc::Sender<Call>, c: Command) -> Result<(), Gone> {
+    let (done, applied) = oneshot::channel();
+    commands.send((c, done)).await.map_err(|_| Gone)?;
+    applied.await.map_err(|_| Gone)
+}
+
+/// The supervisor has ended (the daemon is shutting down).
+#[derive(Debug)]
+pub struct Gone;
+
 pub struct Supervisor {
     params: Params,
     reporter: Reporter,
     requests: mpsc::Receiver<SessionRequest>,
-    commands: mpsc::Receiver<Command>,
+    commands: mpsc::Receiver<Call>,
     /// Delays after consecutive failed sessions; started afresh after a good one.
     delays: Box<dyn Iterator<Item = Duration> + Send>,
     pub totals: Totals,
     /// The totals as of the last finished session, for `status`.
     published: watch::Sender<Totals>,
-    muted: bool,
     /// Debug builds: panic at the first request (see [`crate::fault`]).
     fault: bool,
 }
@@ -70,9 +84,9 @@ struct Active {
 }
 
 impl Supervisor {
-    pub fn new(params: Params, reporter: Reporter, requests: mpsc::Receiver<SessionRequest>, commands: mpsc::Receiver<Command>) -> Self {
+    pub fn new(params: Params, reporter: Reporter, requests: mpsc::Receiver<SessionRequest>, commands: mpsc::Receiver<Call>) -> Self {
         let params = warmed(params, &reporter);
-        Supervisor { params, reporter, requests, commands, delays: Self::fresh_delays(), totals: Totals::default(), published: watch::Sender::new(Totals::default()), muted: false, fault: crate::fault::armed(crate::fault::SUPERVISOR_PANIC) }
+        Supervisor { params, reporter, requests, commands, delays: Self::fresh_delays(), totals: Totals::default(), published: watch::Sender::new(Totals::default()), fault: crate::fault::armed(crate::fault::SUPERVISOR_PANIC) }
     }
 
     /// The totals, updated after each session.
@@ -84,7 +98,22 @@ impl Supervisor {
     fn publish(&self, active: &Option<Active>, backing_off: bool) {
         let phase = active.as_ref().map(|a| *a.phase.borrow());
         let speaking = *self.reporter.speaking.borrow();
-        self.reporter.set_state(state_of(self.muted, backing_off, phase, speaking));
+        self.reporter.set_state(state_of(self.muted(), backing_off, phase, speaking));
+    }
+
+    /// Muted: kept on the reporter, where the speaker reads it too.
+    fn muted(&self) -> bool {
+        *self.reporter.muted.borrow()
+    }
+
+    fn set_muted(&self, muted: bool) {
+        if self.reporter.muted.send_if_modified(|m| std::mem::replace(m, muted) != muted) {
+            if muted {
+                tracing::info!("muted: the microphone is ignored until unmuted");
+            } else {
+                tracing::info!("unmuted: listening again");
+            }
+        }
     }
 
     fn fresh_delays() -> Box<dyn Iterator<Item = Duration> + Send> {
@@ -112,6 +141,8 @@ impl Supervisor {
         let mut inputs_open = true;
         let mut commands_open = true;
         let mut speaking = self.reporter.speaking.subscribe();
+        // The command just applied, answered once the state that follows from it is published.
+        let mut acknowledge: Option<oneshot::Sender<()>> = None;
         self.publish(&active, backing_off);
         loop {
             if active.is_none() && !backing_off {
@@ -126,7 +157,7 @@ impl Supervisor {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 req = self.requests.recv(), if inputs_open => match req {
-                    Some(req) if self.muted => {
+                    Some(req) if self.muted() => {
                         req.queue.finish(EndReason::Stopped);
                     }
                     Some(req) => {
@@ -141,32 +172,31 @@ impl Supervisor {
                     None => inputs_open = false,
                 },
                 cmd = self.commands.recv(), if commands_open => match cmd {
-                    Some(cmd @ (Command::Stop | Command::Mute)) => {
-                        if let Some(p) = pending.take() {
-                            p.queue.finish(EndReason::Stopped);
+                    Some((cmd, done)) => {
+                        match cmd {
+                            Command::Stop | Command::Mute => {
+                                if let Some(p) = pending.take() {
+                                    p.queue.finish(EndReason::Stopped);
+                                }
+                                if let Some(a) = &active {
+                                    a.queue.finish(EndReason::Stopped);
+                                }
+                                if matches!(cmd, Command::Mute) {
+                                    self.set_muted(true);
+                                }
+                            }
+                            Command::Unmute => self.set_muted(false),
+                            Command::Reconfigure(params) => self.params = warmed(*params, &self.reporter),
                         }
-                        if let Some(a) = &active {
-                            a.queue.finish(EndReason::Stopped);
-                        }
-                        if matches!(cmd, Command::Mute) && !self.muted {
-                            self.muted = true;
-                            tracing::info!("muted: the microphone is ignored until unmuted");
-                        }
+                        acknowledge = Some(done);
                     }
-                    Some(Command::Unmute) => {
-                        if self.muted {
-                            self.muted = false;
-                            tracing::info!("unmuted: listening again");
-                        }
-                    }
-                    Some(Command::Reconfigure(params)) => self.params = warmed(*params, &self.reporter),
                     None => commands_open = false,
                 },
                 done = async { active.as_mut().map(|a| &mut a.task).expect("guarded").await }, if active.is_some() => {
                     // A session that drained and ended at once: its draining is still news (the end chime
                     // plays on it) before the state moves on.
                     if active.as_ref().is_some_and(|a| *a.phase.borrow() == Phase::Draining) {
-                        self.reporter.set_state(state_of(self.muted, false, Some(Phase::Draining), false));
+                        self.reporter.set_state(state_of(self.muted(), false, Some(Phase::Draining), false));
                     }
                     let span = active.take().map(|a| a.span).unwrap_or_else(tracing::Span::none);
                     phase = None;
@@ -190,6 +220,9 @@ impl Supervisor {
                 Ok(()) = speaking.changed() => {}
             }
             self.publish(&active, backing_off);
+            if let Some(done) = acknowledge.take() {
+                let _ = done.send(());
+            }
         }
         // Shutdown: end the session with `shutdown` and let it drain within its deadlines.
         if let Some(p) = pending.take() {
@@ -201,7 +234,7 @@ impl Supervisor {
             let done = loop {
                 tokio::select! {
                     done = &mut a.task => break done,
-                    Ok(()) = a.phase.changed() => self.reporter.set_state(state_of(self.muted, false, Some(*a.phase.borrow()), false)),
+                    Ok(()) = a.phase.changed() => self.reporter.set_state(state_of(self.muted(), false, Some(*a.phase.borrow()), false)),
                 }
             };
             if let Ok(summary) = done {
@@ -345,6 +378,7 @@ mod tests {
         config.session.url = format!("ws://127.0.0.1:{port}/");
         let reporter = Reporter::new(tokio::sync::broadcast::channel(256).0);
         let mut state = reporter.state.subscribe();
+        let muted = reporter.muted.subscribe();
         let (requests_tx, requests) = mpsc::channel(8);
         let (commands_tx, commands) = mpsc::channel(8);
         let task = tokio::spawn(Supervisor::new(Params::new(&config).unwrap(), reporter, requests, commands).run(CancellationToken::new()));
@@ -368,7 +402,12 @@ mod tests {
         ];
         for (step, want) in steps {
             match step {
-                Step::Command(c) => commands_tx.send(c).await.unwrap(),
+                Step::Command(c) => {
+                    let mute = matches!(c, Command::Mute);
+                    call(&commands_tx, c).await.unwrap();
+                    // Applied when acknowledged, even where the state shows a backoff first.
+                    assert_eq!(*muted.borrow(), mute);
+                }
                 Step::Request => requests_tx.send(request().0).await.unwrap(),
             }
             for &w in want {
@@ -377,8 +416,8 @@ mod tests {
             }
         }
         // Muted, a request is ended at once and opens nothing.
-        commands_tx.send(Command::Mute).await.unwrap();
-        state.changed().await.unwrap();
+        call(&commands_tx, Command::Mute).await.unwrap();
+        // Acknowledged once applied: the state shows it already.
         assert_eq!(*state.borrow_and_update(), State::Muted);
         let (req, queue) = request();
         requests_tx.send(req).await.unwrap();
