@@ -259,6 +259,8 @@ def main():
     ap.add_argument("--norm", choices=["window", "ema"], default="window")
     ap.add_argument("--padding", choices=["SAME", "VALID"], default="SAME")
     ap.add_argument("--scale", choices=["coefficient", "position"], default="coefficient")
+    ap.add_argument("--colour", type=float, default=0.0,
+                    help="the share of training takes given another microphone's colour (mix.coloured)")
     ap.add_argument("--load", action="store_true", help="measure the model trained last time with these settings")
     ap.add_argument("--ensemble", nargs="+", metavar="MEMBER",
                     help="measure the mean margin of models trained before, named as in the cache (WIDTH or WIDTH-position)")
@@ -269,10 +271,11 @@ def main():
     if NORM == "ema":
         features.mfcc = mfcc
         features.windows = lambda f, length, ends: windows(f, ends)
+    train.COLOUR = a.colour
     rng = np.random.default_rng(a.seed)
     t0 = time.time()
     stem = f"conv-{a.target}-{NORM}-{PADDING}"
-    saved = corpus.cache_dir() / f"{stem}-{a.width}{'-position' if NORM == 'ema' and SCALE == 'position' else ''}.npz"
+    saved = corpus.cache_dir() / f"{stem}-{a.width}{'-position' if NORM == 'ema' and SCALE == 'position' else ''}{f'-colour{round(a.colour * 100)}' if a.colour else ''}.npz"
     if a.ensemble:
         members = [load(corpus.cache_dir() / f"{stem}-{m}.npz") for m in a.ensemble]
     elif a.load:

@@ -34,15 +34,28 @@ def speed(x, factor):
     return np.interp(np.arange(n) * factor, np.arange(len(x)), x.astype(np.float64))
 
 
-def stream(clips, background, snr_db, rng, gap=(0.4, 1.6), level=(-32, -12), speeds=None):
+def coloured(x, rng):
+    """`x` as another microphone and room would give it: the spectrum tilted about 1 kHz by -10 to +4 dB per
+    octave (within 20 dB either way; some takes have most of their energy at the voice's fundamental, others
+    little below 300 Hz), and one time in three cut above 2.5-6 kHz at 24 dB per octave."""
+    f = np.maximum(np.fft.rfftfreq(len(x), 1 / RATE), 50.0)
+    gain_db = np.clip(rng.uniform(-10, 4) * np.log2(f / 1000), -20, 20)
+    if rng.random() < 1 / 3:
+        gain_db -= 24 * np.log2(np.maximum(f / rng.uniform(2500, 6000), 1))
+    return np.fft.irfft(np.fft.rfft(x) * 10 ** (gain_db / 20), len(x))
+
+
+def stream(clips, background, snr_db, rng, gap=(0.4, 1.6), level=(-32, -12), speeds=None, colour=0.0):
     """Places each clip after a random gap over `background` (float, looped as needed) at `snr_db` (a number
-    or a (low, high) range per clip; None for no background). Returns int16 audio and, per clip, the sample
-    where its phrase ends."""
+    or a (low, high) range per clip; None for no background). With `colour`, that share of the clips is
+    `coloured` first. Returns int16 audio and, per clip, the sample where its phrase ends."""
     pieces, ends, pos = [], [], 0
     for x in clips:
         x = np.asarray(x, dtype=np.float64)
         if speeds:
             x = speed(x, rng.uniform(*speeds))
+        if colour and rng.random() < colour:
+            x = coloured(x, rng)
         g = int(rng.uniform(*gap) * RATE)
         target = 32767 * 10 ** (rng.uniform(*level) / 20)
         x = x * target / speech_rms(x)

@@ -59,13 +59,17 @@ def frame_of(sample):
     return np.asarray(sample) // features.SHIFT - 3
 
 
+# The share of takes `mix.coloured` in training (conv.py --colour); train.py's MLP was trained without.
+COLOUR = 0.0
+
+
 def positive_windows(clips, bgs, reps, frames, rng, snr=(0, 30)):
     xs, ys = [], []
     names = list(bgs)
     for r in range(reps):
         order = rng.permutation(len(clips))
         bg = bgs[names[r % len(names)]] if r % (len(names) + 1) != len(names) else None
-        audio, ends = mix.stream([clips[i] for i in order], bg, snr, rng, speeds=(0.88, 1.12))
+        audio, ends = mix.stream([clips[i] for i in order], bg, snr, rng, speeds=(0.88, 1.12), colour=COLOUR)
         f = features.mfcc(audio)
         e = frame_of(ends)
         for d in range(0, POSITIVE_UNTIL, 2):
@@ -110,7 +114,7 @@ def negative_stream(target, part, rng, bgs, reps=3, snr=(0, 30)):
             name = names[k % len(names)]
             k += 1
             a, _ = mix.stream(pool[i: i + 60], bgs[name] if name else None, snr, rng, gap=(0.1, 1.0),
-                              speeds=(0.9, 1.1) if r else None)
+                              speeds=(0.9, 1.1) if r else None, colour=COLOUR)
             pieces.append(a)
     talk = sp.make(40)
     talk = talk[: int(len(talk) * 0.75)].astype(np.float64)

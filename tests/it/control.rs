@@ -39,12 +39,14 @@ fn every_command_against_the_running_daemon() {
     // A subscriber is told the current state first: then it is subscribed.
     assert_eq!(next_event("state")["state"], "listening");
     assert_eq!(d.cli(&["mute"]).0, 0);
-    assert_eq!(next_event("state")["state"], "muted");
+    // Answered once applied: the state says so at once, before its event is read.
     assert_eq!(d.status()["state"], "muted");
+    assert_eq!(next_event("state")["state"], "muted");
     let (code, lines) = d.cli(&["trigger"]);
     assert_eq!(code, 1);
     assert!(lines[0]["error"].as_str().unwrap().contains("muted"), "{lines:?}");
     assert_eq!(d.cli(&["unmute"]).0, 0);
+    assert_eq!(d.status()["state"], "listening");
     assert_eq!(next_event("state")["state"], "listening");
 
     let (code, lines) = d.cli(&["trigger"]);
