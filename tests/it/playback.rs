@@ -79,6 +79,13 @@ fn muted_stopped_and_a_missing_device() {
     assert_eq!(end["reason"], "stopped", "{end}");
     assert!(end["played_ms"].as_u64().unwrap() < 20000, "{end}");
     events.event(|e| e["event"] == "state" && e["state"] == "listening");
+    // Muting stops what plays.
+    assert_eq!(ctl.call(json!({"cmd": "say", "what": wav.to_str().unwrap()}))["ok"], true);
+    events.event(is("playback_start"));
+    assert_eq!(ctl.call(json!({"cmd": "mute"}))["ok"], true);
+    let end = events.event(is("playback_end"));
+    assert_eq!(end["reason"], "muted", "{end}");
+    assert!(end["played_ms"].as_u64().unwrap() < 20000, "{end}");
     drop(d);
 
     let d = TestDaemon::spawn(&format!("{}\n[playback]\ndevice = \"alsa:no-such-device\"\n", config_text("ws://127.0.0.1:9/", "info")), true, &[]);
