@@ -82,8 +82,8 @@ wake-train: $(WAKE_PY)
 	@scripts/deps.sh wake
 	$(WAKE_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/wake/requirements-conv.txt
 	$(WAKE_CONV) --width 32 --scale position --reps 20 --rounds 3 --epochs 4
-	$(WAKE_CONV) --width 48 --reps 30 --rounds 3 --epochs 5
-	$(WAKE_CONV) --ensemble 32-position 48 --export ../../assets/wake/jarvis.vxc
+	$(WAKE_CONV) --width 48 --reps 30 --rounds 3 --epochs 5 --colour 0.5
+	$(WAKE_CONV) --ensemble 32-position 48-colour50 --export ../../assets/wake/jarvis.vxc
 
 # The Debian package (binary, unit, sysusers, configuration, man page, completions), checked by lintian.
 package: release

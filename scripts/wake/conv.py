@@ -263,7 +263,7 @@ def main():
                     help="the share of training takes given another microphone's colour (mix.coloured)")
     ap.add_argument("--load", action="store_true", help="measure the model trained last time with these settings")
     ap.add_argument("--ensemble", nargs="+", metavar="MEMBER",
-                    help="measure the mean margin of models trained before, named as in the cache (WIDTH or WIDTH-position)")
+                    help="measure the mean margin of models trained before, named as in the cache (WIDTH[-position][-colourN][-seedN])")
     ap.add_argument("--export", metavar="PATH", help="write the (streaming form's) weights for voxgate's detector")
     a = ap.parse_args()
     global NORM, PADDING, SCALE
@@ -275,7 +275,7 @@ def main():
     rng = np.random.default_rng(a.seed)
     t0 = time.time()
     stem = f"conv-{a.target}-{NORM}-{PADDING}"
-    saved = corpus.cache_dir() / f"{stem}-{a.width}{'-position' if NORM == 'ema' and SCALE == 'position' else ''}{f'-colour{round(a.colour * 100)}' if a.colour else ''}.npz"
+    saved = corpus.cache_dir() / f"{stem}-{a.width}{'-position' if NORM == 'ema' and SCALE == 'position' else ''}{f'-colour{round(a.colour * 100)}' if a.colour else ''}{f'-seed{a.seed}' if a.seed != 2 else ''}.npz"
     if a.ensemble:
         members = [load(corpus.cache_dir() / f"{stem}-{m}.npz") for m in a.ensemble]
     elif a.load:
