@@ -908,7 +908,7 @@ mod tests {
             assert!(err.contains(&format!("{key}: ")) && err.contains(says), "{text}: {err}");
         }
         // A whole number is a number; environment values are read as the key's type.
-        assert_eq!(load_str("[wake]\nthreshold = 0", &[]).unwrap_err().to_string().contains("is a whole number"), false);
+        assert!(!load_str("[wake]\nthreshold = 0", &[]).unwrap_err().to_string().contains("is a whole number"));
         assert!(load_str("", &[("VOXGATE_AUDIO__FRAME_MS", "20")]).is_ok());
         for (var, value) in [("VOXGATE_SESSION__CONNECT_TIMEOUT_MS", "150.7"), ("VOXGATE_WAKE__MIN_SCORES", "true"), ("VOXGATE_WAKE__EAGER", "1")] {
             let err = load_str("", &[(var, value)]).unwrap_err().to_string();

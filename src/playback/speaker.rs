@@ -308,11 +308,10 @@ async fn run(
                 }
             }
             a = answers.recv() => match a {
-                Some(Answer::Url { url, bearer }) => {
-                    if task.output.is_some() && !task.muted() {
-                        load_off(&mut task, &fetcher, url, bearer.map(|t| t.expose().to_string()), None);
-                    }
+                Some(Answer::Url { url, bearer }) if task.output.is_some() && !task.muted() => {
+                    load_off(&mut task, &fetcher, url, bearer.map(|t| t.expose().to_string()), None);
                 }
+                Some(Answer::Url { .. }) => {}
                 Some(Answer::Pcm(clip)) => {
                     task.stop(Some(Kind::Answer), "replaced");
                     task.play(Arc::new(clip), Kind::Answer);
