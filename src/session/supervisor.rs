@@ -224,7 +224,11 @@ impl Supervisor {
                 let _ = done.send(());
             }
         }
-        // Shutdown: end the session with `shutdown` and let it drain within its deadlines.
+        // Shutdown: commands are refused from now on, and those already queued are answered (as refused) at once
+        // rather than when the session has drained.
+        self.commands.close();
+        while self.commands.try_recv().is_ok() {}
+        // End the session with `shutdown` and let it drain within its deadlines.
         if let Some(p) = pending.take() {
             p.queue.finish(EndReason::Shutdown);
         }
@@ -368,6 +372,45 @@ mod tests {
         for &(muted, backing_off, phase, speaking, want) in rows {
             assert_eq!(state_of(muted, backing_off, phase, speaking), want, "muted {muted}, backing off {backing_off}, {phase:?}, speaking {speaking}");
         }
+    }
+
+    /// A command that comes while a session drains at shutdown is refused at once, not when the drain is over.
+    #[tokio::test]
+    async fn a_command_during_the_shutdown_drain_is_refused_at_once() {
+        // A server that accepts the session and then says nothing: the drain lasts until it lets go.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (release, released) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let _ = released.await;
+            drop(ws);
+        });
+        let mut config = Config::default();
+        config.session.url = format!("ws://127.0.0.1:{port}/");
+        config.session.drain_timeout_ms = 60_000;
+        let reporter = Reporter::new(tokio::sync::broadcast::channel(256).0);
+        let mut state = reporter.state.subscribe();
+        let (requests_tx, requests) = mpsc::channel(8);
+        let (commands_tx, commands) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(Supervisor::new(Params::new(&config).unwrap(), reporter, requests, commands).run(shutdown.clone()));
+        let queue = Arc::new(SessionQueue::new(4, false, 0));
+        requests_tx.send(manual(queue.clone())).await.unwrap();
+        state.wait_for(|s| *s == State::Streaming).await.unwrap();
+        shutdown.cancel();
+        // Ended with `shutdown` once the supervisor has stopped taking commands; the session still drains.
+        queue.wait_ended().await;
+        assert_eq!(queue.ended(), Some(EndReason::Shutdown));
+        // Bounded so that a regression fails rather than hangs: the drain would hold the answer for 60 s.
+        let answer = tokio::time::timeout(Duration::from_secs(30), call(&commands_tx, Command::Mute)).await;
+        assert!(matches!(answer, Ok(Err(Gone))), "{answer:?}");
+        assert!(!task.is_finished(), "the session should still be draining");
+        release.send(()).unwrap();
+        let totals = task.await.unwrap();
+        assert_eq!(totals.sessions, 1);
+        server.await.unwrap();
     }
 
     /// Inputs in, states out: each step and the states it must pass through, on the paused clock.
