@@ -336,7 +336,8 @@ impl Side {
                         "wake word {} at {:.2} s (score {:.2})", d.wakeword, d.t_ms as f64 / 1000.0, d.score);
                 });
                 self.reporter.emit(Event::Wake { wakeword: d.wakeword.clone(), score: d.score, t_ms: d.t_ms, acted_on: true });
-                self.open(session, Trigger::Wakeword, Some((&d.wakeword, d.score)), d.t_ms, &d.preroll, seq + 1, d.at_phrase_end);
+                let wake = Some((d.wakeword.as_str(), d.score));
+                self.open(Opening { session, trigger: Trigger::Wakeword, wake, t_ms: d.t_ms, next_seq: seq + 1, at_phrase_end: d.at_phrase_end }, &d.preroll);
             }
             None => {
                 let t_ms = (seq + 1) * self.spec.frame_ms as u64;
@@ -345,7 +346,8 @@ impl Side {
                 if speech {
                     self.onset = Onset::new(self.spec.sample_rate);
                     let preroll: Vec<Frame> = self.ring.last(self.preroll_frames).cloned().collect();
-                    self.open(uuid::Uuid::new_v4().to_string(), Trigger::Always, None, t_ms, &preroll, seq + 1, false);
+                    let session = uuid::Uuid::new_v4().to_string();
+                    self.open(Opening { session, trigger: Trigger::Always, wake: None, t_ms, next_seq: seq + 1, at_phrase_end: false }, &preroll);
                 }
             }
         }
@@ -371,7 +373,7 @@ impl Side {
         let t_ms = next_seq * self.spec.frame_ms as u64;
         let session = uuid::Uuid::new_v4().to_string();
         tracing::info_span!("session", session = %session).in_scope(|| tracing::info!(event = "trigger", "session {session} triggered over the control socket"));
-        self.open(session.clone(), Trigger::Manual, None, t_ms, &preroll, next_seq, false);
+        self.open(Opening { session: session.clone(), trigger: Trigger::Manual, wake: None, t_ms, next_seq, at_phrase_end: false }, &preroll);
         if self.tap.is_none() {
             return Err("the supervisor is not keeping up; try again".into());
         }
@@ -442,9 +444,9 @@ impl Side {
         }
     }
 
-    /// Starts a session whose audio begins with `preroll`.
-    /// `at_phrase_end`: the detection came at the end of the wake word (see [`Segmenter::prime`]).
-    fn open(&mut self, session: String, trigger: Trigger, wake: Option<(&str, f32)>, t_ms: u64, preroll: &[Frame], next_seq: u64, at_phrase_end: bool) {
+    /// Starts the session `opening` describes, whose audio begins with `preroll`.
+    fn open(&mut self, opening: Opening, preroll: &[Frame]) {
+        let Opening { session, trigger, wake, t_ms, next_seq, at_phrase_end } = opening;
         let first_seq = preroll.first().map(|f| f.seq).unwrap_or(next_seq);
         // Room for the pre-roll and `queue_ms` more: the pre-roll is queued at once, before the connection is up,
         // and must not be pushed out by the frames that arrive while it connects.
@@ -470,6 +472,20 @@ impl Side {
         }
         self.tap = Some(Tap { queue, segmenter });
     }
+}
+
+/// What [`Side::open`] starts a session with.
+struct Opening<'a> {
+    session: String,
+    trigger: Trigger,
+    /// The wake word and its score, for a detection.
+    wake: Option<(&'a str, f32)>,
+    /// When, on the audio clock.
+    t_ms: u64,
+    /// The frame after the last one heard: the session's first when there is no pre-roll.
+    next_seq: u64,
+    /// The detection came at the end of the wake word (see [`Segmenter::prime`]).
+    at_phrase_end: bool,
 }
 
 /// Logs the audio level periodically at debug level: enough to see a microphone is alive and not clipping.
