@@ -73,17 +73,19 @@ wake-bench: release $(WAKE_PY)
 	@scripts/deps.sh wake
 	cd scripts/wake && ../../$(WAKE_PY) bench.py --binary ../../target/release/voxgate --sensitivity 0 0.25 0.5 0.75 1
 
-# Re-train the built-in wake word from the same recordings, with the shipped model's settings: two convolutional
-# networks (scripts/wake/conv.py, JAX on the CPU), each with its sweep on the held-out streams, then the pair
+# Re-train the built-in wake word from the same recordings, with the shipped model's settings: four convolutional
+# networks (scripts/wake/conv.py, JAX on the CPU), each with its sweep on the held-out streams, then the four
 # (their mean margin, as the detector runs it) written to assets/wake/jarvis.vxc with the fixture the detector's
-# network is checked against, and its sweep. About an hour on 2 cores.
+# network is checked against, and its sweep. About two hours on 2 cores.
 WAKE_CONV = cd scripts/wake && ../../$(WAKE_PY) conv.py jarvis --norm ema --padding VALID
 wake-train: $(WAKE_PY)
 	@scripts/deps.sh wake
 	$(WAKE_VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/wake/requirements-conv.txt
 	$(WAKE_CONV) --width 32 --scale position --reps 20 --rounds 3 --epochs 4
+	$(WAKE_CONV) --width 32 --scale position --reps 20 --rounds 3 --epochs 4 --colour 0.5
 	$(WAKE_CONV) --width 48 --reps 30 --rounds 3 --epochs 5 --colour 0.5
-	$(WAKE_CONV) --ensemble 32-position 48-colour50 --export ../../assets/wake/jarvis.vxc
+	$(WAKE_CONV) --width 48 --reps 30 --rounds 3 --epochs 5 --colour 1
+	$(WAKE_CONV) --ensemble 32-position 48-colour50 48-colour100 32-position-colour50 --export ../../assets/wake/jarvis.vxc
 
 # The Debian package (binary, unit, sysusers, configuration, man page, completions), checked by lintian.
 package: release

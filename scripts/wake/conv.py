@@ -10,8 +10,8 @@ measured on the benchmark's held-out streams with the same detection logic as sw
 for every window; `--norm ema --padding VALID` is the streaming form (each frame less a moving mean), whose
 layers a detector can compute one output at a time: the one voxgate runs. Prints the training's progress,
 then the sweep table; saves the weights (numpy) in the cache, which `--load` measures again without training.
-`--ensemble 32-position 48` measures the mean margin of models trained before (the shipped "jarvis" is that
-pair). `--export` writes the streaming form's model, one member or several, as voxgate's detector reads it
+`--ensemble 32-position 48-colour50` measures the mean margin of models trained before (the shipped "jarvis"
+is four, named in `make wake-train`). `--export` writes the streaming form's model, one member or several, as voxgate's detector reads it
 (assets/wake/jarvis.vxc), and the fixture its network is checked against (tests/fixtures/wake/).
 """
 
@@ -298,7 +298,7 @@ def main():
     pos = {snr: (sweep.margins(m, one, FRAMES, d / f"pos-{snr}.wav"), np.load(d / f"pos-{snr}.npy")) for snr in (10, 20)}
     print(f"\n{hours:.2f} h of other speech, {music_hours:.2f} h of music; {time.time() - t0:.0f} s\n"
           "margin min_scores | miss10 miss20 | FA/h | FA/h music | delay ms")
-    for th in [0, 4, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20, 24]:
+    for th in [0, 4, 8, 9, 10, 10.5, 11, 12, 13, 14, 15, 16, 17, 18, 20, 24]:
         for need in [1, 2, 4, 8]:
             fa = len(train.detections(neg_m, need, th, FRAMES)) / hours
             fa_music = len(train.detections(music_m, need, th, FRAMES)) / music_hours

@@ -45,8 +45,8 @@ impl Builtin {
 pub const BUILTINS: &[Builtin] = &[Builtin {
     name: "jarvis",
     model: include_bytes!("../../assets/wake/jarvis.vxc"),
-    strict_margin: 20.0,
-    lax_margin: 8.0,
+    strict_margin: 16.0,
+    lax_margin: 4.0,
     min_scores: 1,
 }];
 
