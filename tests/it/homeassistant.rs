@@ -243,7 +243,16 @@ fn pipelines_by_name_and_a_refused_token_and_an_unknown_pipeline() {
     let mut events = d.connect();
     assert_eq!(events.call(json!({"cmd": "subscribe"}))["ok"], true);
     assert_eq!(d.connect().call(json!({"cmd": "trigger"}))["ok"], true);
-    let start = events.event(|e| e["event"] == "server_message" && e["message"]["type"] == "run-start");
+    // `stop` drains a session that streams; one still starting is abandoned, with no transcript to wait for.
+    let (mut start, mut streaming) = (None, false);
+    while start.is_none() || !streaming {
+        let e = events.recv();
+        streaming |= e["event"] == "state" && e["state"] == "streaming";
+        if e["event"] == "server_message" && e["message"]["type"] == "run-start" {
+            start = Some(e);
+        }
+    }
+    let start = start.unwrap();
     assert_eq!(start["message"]["data"]["pipeline"].as_str(), Some(hass.pipeline.as_str()), "{start}");
     assert_eq!(d.connect().call(json!({"cmd": "stop"}))["ok"], true);
     // end_stage = "stt": the run ends at the transcript.
