@@ -11,8 +11,9 @@ for every window; `--norm ema --padding VALID` is the streaming form (each frame
 layers a detector can compute one output at a time: the one voxgate runs. Prints the training's progress,
 then the sweep table; saves the weights (numpy) in the cache, which `--load` measures again without training.
 `--ensemble 32-position 48-colour50` measures the mean margin of models trained before (the shipped "jarvis"
-is four, named in `make wake-train`). `--export` writes the streaming form's model, one member or several, as voxgate's detector reads it
-(assets/wake/jarvis.vxc), and the fixture its network is checked against (tests/fixtures/wake/).
+is four, named in `make wake-train`). `--export` writes the streaming form's model, one member or several, as
+voxgate's detector reads it (assets/wake/jarvis.vxc), and the fixture its network is checked against
+(tests/fixtures/wake/).
 """
 
 import argparse
