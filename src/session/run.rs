@@ -22,7 +22,7 @@ use super::connect::{Connected, Params, connect};
 use super::homeassistant::{self as ha, Kind};
 use super::outlet::{Direct, Wire, WireMetrics, send_when_room};
 use super::protocol::{ClientMessage, Reply, ReplyError};
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 
 use super::{EndReason, Event, Reporter, SessionRequest, SessionSummary};
 
@@ -48,11 +48,13 @@ enum ReaderEnd {
 /// Runs one session to its end; never fails, the summary says how it went. Run it inside a span that carries
 /// the session id: every line it logs, from all its tasks, then names the session.
 pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> SessionSummary {
-    run_reporting(p, req, reporter, &watch::Sender::new(Phase::Connecting)).await
+    run_reporting(p, req, reporter, &mpsc::unbounded_channel().0).await
 }
 
-/// [`run`], saying on `phase` where it is: the supervisor turns that into the daemon's state.
-pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter, phase: &watch::Sender<Phase>) -> SessionSummary {
+/// [`run`], saying on `phase` each phase it enters, in order: the supervisor turns each into the daemon's state.
+/// A channel rather than a watch, so that none is lost to a supervisor that looks late (a session on loopback
+/// can be connected before the supervisor has seen it connecting).
+pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter, phase: &mpsc::UnboundedSender<Phase>) -> SessionSummary {
     let session = req.session.clone();
     let started = Instant::now();
     let queue = req.queue.clone();
@@ -67,7 +69,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     });
     tracing::info!(event = "session_start", url = %url, trigger = ?req.trigger, wakeword = req.wakeword.as_deref(), preroll_ms = req.preroll_ms,
         "session {session} to {url}");
-    phase.send_replace(Phase::Connecting);
+    let _ = phase.send(Phase::Connecting);
     let summary = |reason, detail: Option<String>, sent, abandoned| SessionSummary {
         session: session.clone(),
         reason,
@@ -148,7 +150,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
             }
         }
     }
-    phase.send_replace(Phase::Streaming);
+    let _ = phase.send(Phase::Streaming);
     let start = ClientMessage::Start {
         proto: 1,
         session: session.clone(),
@@ -331,7 +333,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         }
     }
     let reason = queue.ended().unwrap_or(EndReason::Error);
-    phase.send_replace(Phase::Draining);
+    let _ = phase.send(Phase::Draining);
     // Drain 1: what is queued, then our end.
     let mut abandoned = 0;
     let sink = match tokio::time::timeout(p.drain_timeout, &mut writer).await {

@@ -76,8 +76,8 @@ pub struct Supervisor {
 
 struct Active {
     queue: Arc<super::SessionQueue>,
-    /// What the session reports of itself.
-    phase: watch::Receiver<Phase>,
+    /// The phase the session last reported of itself (see [`Supervisor::run`] for the channel).
+    phase: Phase,
     task: JoinHandle<SessionSummary>,
     /// Every log line of the session carries its id (`VOXGATE_SESSION` in the journal).
     span: tracing::Span,
@@ -96,7 +96,7 @@ impl Supervisor {
 
     /// Publishes the state that follows from what is going on (see [`state_of`]).
     fn publish(&self, active: &Option<Active>, backing_off: bool) {
-        let phase = active.as_ref().map(|a| *a.phase.borrow());
+        let phase = active.as_ref().map(|a| a.phase);
         let speaking = *self.reporter.speaking.borrow();
         self.reporter.set_state(state_of(self.muted(), backing_off, phase, speaking));
     }
@@ -120,20 +120,27 @@ impl Supervisor {
         Box::new(crate::backoff::delays(BACKOFF_START, BACKOFF_MAX, true))
     }
 
-    fn start(&self, req: SessionRequest) -> Active {
+    /// Starts a session; the receiver gets each phase it enters, in order.
+    fn start(&self, req: SessionRequest) -> (Active, mpsc::UnboundedReceiver<Phase>) {
         let queue = req.queue.clone();
         let (params, reporter) = (self.params.clone(), self.reporter.clone());
         let span = tracing::info_span!("session", session = %req.session);
-        let (phase_tx, phase) = watch::channel(Phase::Connecting);
+        let (phase_tx, phases) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move { super::run::run_reporting(&params, req, &reporter, &phase_tx).await }.instrument(span.clone()));
-        Active { queue, phase, task, span }
+        (Active { queue, phase: Phase::Connecting, task, span }, phases)
+    }
+
+    /// A phase the session has entered, as the daemon's state. Each is published, however fast the next one
+    /// follows: a subscriber sees every session pass through `connecting`, `streaming` and `draining`.
+    fn show(&self, phase: Phase) {
+        self.reporter.set_state(state_of(self.muted(), false, Some(phase), false));
     }
 
     /// Runs until the requests channel closes (and the last session is done) or `shutdown` fires.
     pub async fn run(mut self, shutdown: CancellationToken) -> Totals {
         let mut active: Option<Active> = None;
-        // The running session's phase, watched apart from `active` so that both can be awaited at once.
-        let mut phase: Option<watch::Receiver<Phase>> = None;
+        // The running session's phases, received apart from `active` so that both can be awaited at once.
+        let mut phases: Option<mpsc::UnboundedReceiver<Phase>> = None;
         let mut pending: Option<SessionRequest> = None;
         let backoff = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(backoff);
@@ -147,8 +154,8 @@ impl Supervisor {
         loop {
             if active.is_none() && !backing_off {
                 if let Some(req) = pending.take() {
-                    let started = self.start(req);
-                    phase = Some(started.phase.clone());
+                    let (started, reported) = self.start(req);
+                    phases = Some(reported);
                     active = Some(started);
                 } else if !inputs_open {
                     break;
@@ -193,13 +200,13 @@ impl Supervisor {
                     None => commands_open = false,
                 },
                 done = async { active.as_mut().map(|a| &mut a.task).expect("guarded").await }, if active.is_some() => {
-                    // A session that drained and ended at once: its draining is still news (the end chime
-                    // plays on it) before the state moves on.
-                    if active.as_ref().is_some_and(|a| *a.phase.borrow() == Phase::Draining) {
-                        self.reporter.set_state(state_of(self.muted(), false, Some(Phase::Draining), false));
+                    // A session that drained and ended at once: the phases not yet shown are still news (the end
+                    // chime plays on its draining) before the state moves on.
+                    while let Some(p) = phases.as_mut().and_then(|r| r.try_recv().ok()) {
+                        self.show(p);
                     }
                     let span = active.take().map(|a| a.span).unwrap_or_else(tracing::Span::none);
-                    phase = None;
+                    phases = None;
                     let summary = done.unwrap_or_else(|e| SessionSummary {
                         session: String::new(), reason: EndReason::Error, detail: Some(format!("session task failed: {e}")),
                         duration_ms: 0, frames_sent: 0, frames_dropped: 0, frames_abandoned: 0,
@@ -215,7 +222,11 @@ impl Supervisor {
                         self.delays = Self::fresh_delays();
                     }
                 }
-                Ok(()) = async { phase.as_mut().expect("guarded").changed().await }, if phase.is_some() => {}
+                p = async { phases.as_mut().expect("guarded").recv().await }, if phases.is_some() => match (p, active.as_mut()) {
+                    (Some(p), Some(a)) => a.phase = p,
+                    // The session is over (its end is the next branch to fire) or already recorded.
+                    _ => phases = None,
+                },
                 _ = &mut backoff, if backing_off => backing_off = false,
                 Ok(()) = speaking.changed() => {}
             }
@@ -238,9 +249,15 @@ impl Supervisor {
             let done = loop {
                 tokio::select! {
                     done = &mut a.task => break done,
-                    Ok(()) = a.phase.changed() => self.reporter.set_state(state_of(self.muted(), false, Some(*a.phase.borrow()), false)),
+                    p = async { phases.as_mut().expect("guarded").recv().await }, if phases.is_some() => match p {
+                        Some(p) => self.show(p),
+                        None => phases = None,
+                    },
                 }
             };
+            while let Some(p) = phases.as_mut().and_then(|r| r.try_recv().ok()) {
+                self.show(p);
+            }
             if let Ok(summary) = done {
                 a.span.in_scope(|| self.record(summary));
             }
@@ -351,6 +368,63 @@ mod tests {
         drop(tx);
         let totals = task.await.unwrap();
         assert_eq!(totals.failed, 6);
+    }
+
+    /// A session on loopback may be connected, streaming and draining before the supervisor looks: subscribers
+    /// still see it pass through each phase, in order, between its start and its end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_phase_of_a_fast_session_is_published_in_order() {
+        use crate::session::protocol::ClientMessage;
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        // A server that says when a session has started, and lets go at its end.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+        let server = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let started_tx = started_tx.clone();
+                tokio::spawn(async move {
+                    let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                    while let Some(Ok(Message::Binary(b))) = ws.next().await {
+                        match rmp_serde::from_slice(&b).unwrap() {
+                            ClientMessage::Start { .. } => started_tx.send(()).unwrap(),
+                            ClientMessage::End { .. } => break,
+                            ClientMessage::Audio { .. } => {}
+                        }
+                    }
+                });
+            }
+        });
+        let mut config = Config::default();
+        config.session.url = format!("ws://127.0.0.1:{port}/");
+        let (events, mut rx) = tokio::sync::broadcast::channel(256);
+        let (tx, requests) = mpsc::channel(8);
+        let (_commands_tx, commands) = mpsc::channel(1);
+        let task = tokio::spawn(Supervisor::new(Params::new(&config).unwrap(), Reporter::new(events), requests, commands).run(CancellationToken::new()));
+        for i in 0..40 {
+            let queue = Arc::new(SessionQueue::new(4, false, 0));
+            tx.send(manual(queue.clone())).await.unwrap();
+            started.recv().await.unwrap();
+            queue.finish(EndReason::Stopped);
+            let mut states = Vec::new();
+            let mut begun = false;
+            loop {
+                match rx.recv().await.unwrap() {
+                    Event::SessionStart { .. } => begun = true,
+                    Event::State { state } if begun => states.push(state),
+                    Event::SessionEnd(s) => {
+                        assert_eq!(s.reason, EndReason::Stopped, "session {i}: {s:?}");
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(states, [State::Connecting, State::Streaming, State::Draining], "session {i}");
+        }
+        drop(tx);
+        assert_eq!(task.await.unwrap().sessions, 40);
+        server.abort();
     }
 
     #[test]
