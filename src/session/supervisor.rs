@@ -76,8 +76,9 @@ pub struct Supervisor {
 
 struct Active {
     queue: Arc<super::SessionQueue>,
-    /// The phase the session last reported of itself (see [`Supervisor::run`] for the channel).
-    phase: Phase,
+    /// The phase the session last reported of itself; none until it has announced itself (`session_start`
+    /// comes before its first state).
+    phase: Option<Phase>,
     task: JoinHandle<SessionSummary>,
     /// Every log line of the session carries its id (`VOXGATE_SESSION` in the journal).
     span: tracing::Span,
@@ -96,7 +97,7 @@ impl Supervisor {
 
     /// Publishes the state that follows from what is going on (see [`state_of`]).
     fn publish(&self, active: &Option<Active>, backing_off: bool) {
-        let phase = active.as_ref().map(|a| a.phase);
+        let phase = active.as_ref().and_then(|a| a.phase);
         let speaking = *self.reporter.speaking.borrow();
         self.reporter.set_state(state_of(self.muted(), backing_off, phase, speaking));
     }
@@ -127,7 +128,7 @@ impl Supervisor {
         let span = tracing::info_span!("session", session = %req.session);
         let (phase_tx, phases) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move { super::run::run_reporting(&params, req, &reporter, &phase_tx).await }.instrument(span.clone()));
-        (Active { queue, phase: Phase::Connecting, task, span }, phases)
+        (Active { queue, phase: None, task, span }, phases)
     }
 
     /// A phase the session has entered, as the daemon's state. Each is published, however fast the next one
@@ -223,7 +224,7 @@ impl Supervisor {
                     }
                 }
                 p = async { phases.as_mut().expect("guarded").recv().await }, if phases.is_some() => match (p, active.as_mut()) {
-                    (Some(p), Some(a)) => a.phase = p,
+                    (Some(p), Some(a)) => a.phase = Some(p),
                     // The session is over (its end is the next branch to fire) or already recorded.
                     _ => phases = None,
                 },
