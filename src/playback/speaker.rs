@@ -291,6 +291,9 @@ async fn run(
     };
     loop {
         tokio::select! {
+            // Events first: a session's `draining` is published before its `end` is sent, so its end chime
+            // starts before an answer that came after (an answer ready at the same moment waits its turn).
+            biased;
             e = events.recv() => match e {
                 Ok(Event::Wake { acted_on: true, .. }) => {
                     // The user talks over an answer: it stops, and the wake chime says we listen.

@@ -22,7 +22,7 @@ use super::connect::{Connected, Params, connect};
 use super::homeassistant::{self as ha, Kind};
 use super::outlet::{Direct, Wire, WireMetrics, send_when_room};
 use super::protocol::{ClientMessage, Reply, ReplyError};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{EndReason, Event, Reporter, SessionRequest, SessionSummary};
 
@@ -33,6 +33,19 @@ pub enum Phase {
     Streaming,
     /// The end is decided: sending what is queued and `end`, then waiting for the final reply.
     Draining,
+}
+
+/// Where a session says each phase it enters, with what the supervisor answers once the state is published.
+pub type Phases = mpsc::UnboundedSender<(Phase, oneshot::Sender<()>)>;
+
+/// Says that the session has entered `p`, and waits until the supervisor has published it: the state comes
+/// before anything the phase leads to (the server's replies once streaming, an answer after `end`). A session
+/// with no supervisor (run on its own) goes straight on.
+async fn enter(phases: &Phases, p: Phase) {
+    let (done, published) = oneshot::channel();
+    if phases.send((p, done)).is_ok() {
+        let _ = published.await;
+    }
 }
 
 /// The longest a Home Assistant run may go on after its audio (through intent and speech synthesis).
@@ -48,13 +61,16 @@ enum ReaderEnd {
 /// Runs one session to its end; never fails, the summary says how it went. Run it inside a span that carries
 /// the session id: every line it logs, from all its tasks, then names the session.
 pub async fn run(p: &Params, req: SessionRequest, reporter: &Reporter) -> SessionSummary {
-    run_reporting(p, req, reporter, &mpsc::unbounded_channel().0).await
+    // Nobody listens for its phases: it does not wait for them to be published.
+    let (phases, unheard) = mpsc::unbounded_channel();
+    drop(unheard);
+    run_reporting(p, req, reporter, &phases).await
 }
 
-/// [`run`], saying on `phase` each phase it enters, in order: the supervisor turns each into the daemon's state.
-/// A channel rather than a watch, so that none is lost to a supervisor that looks late (a session on loopback
-/// can be connected before the supervisor has seen it connecting).
-pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter, phase: &mpsc::UnboundedSender<Phase>) -> SessionSummary {
+/// [`run`], saying on `phase` each phase it enters, in order (see [`enter`]): the supervisor turns each into
+/// the daemon's state. A channel rather than a watch, so that none is lost to a supervisor that looks late (a
+/// session on loopback can be connected before the supervisor has seen it connecting).
+pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter, phase: &Phases) -> SessionSummary {
     let session = req.session.clone();
     let started = Instant::now();
     let queue = req.queue.clone();
@@ -69,7 +85,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     });
     tracing::info!(event = "session_start", url = %url, trigger = ?req.trigger, wakeword = req.wakeword.as_deref(), preroll_ms = req.preroll_ms,
         "session {session} to {url}");
-    let _ = phase.send(Phase::Connecting);
+    enter(phase, Phase::Connecting).await;
     let summary = |reason, detail: Option<String>, sent, abandoned| SessionSummary {
         session: session.clone(),
         reason,
@@ -150,7 +166,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
             }
         }
     }
-    let _ = phase.send(Phase::Streaming);
+    enter(phase, Phase::Streaming).await;
     let start = ClientMessage::Start {
         proto: 1,
         session: session.clone(),
@@ -182,6 +198,9 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         waker: queue.waker(),
     });
     queue.attach(direct.clone());
+    // Our `end` waits until the session's `draining` is published: what the server answers to it (a `say`) comes
+    // after the state that plays the end chime. A session that stops short drops this, and the end goes at once.
+    let (drain_shown, shown) = oneshot::channel::<()>();
     let mut writer = tokio::spawn({
         let (queue, direct, sent, end_sent) = (queue.clone(), direct.clone(), sent.clone(), end_sent.clone());
         async move {
@@ -205,6 +224,7 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
             let Some(Wire { mut sink, .. }) = direct.lock().take() else {
                 return Err(WsError::AlreadyClosed);
             };
+            let _ = shown.await;
             if reason != EndReason::Error {
                 if let Some(end) = codec.end(reason, sent.load(Ordering::Relaxed), queue.dropped()) {
                     send_when_room(&mut sink, end).await?;
@@ -333,7 +353,8 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
         }
     }
     let reason = queue.ended().unwrap_or(EndReason::Error);
-    let _ = phase.send(Phase::Draining);
+    enter(phase, Phase::Draining).await;
+    let _ = drain_shown.send(());
     // Drain 1: what is queued, then our end.
     let mut abandoned = 0;
     let sink = match tokio::time::timeout(p.drain_timeout, &mut writer).await {

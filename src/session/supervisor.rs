@@ -17,7 +17,7 @@ use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::Params;
-use super::run::Phase;
+use super::run::{Phase, Phases};
 use super::{EndReason, Event, Reporter, SessionRequest, SessionSummary, State};
 
 pub const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -74,6 +74,9 @@ pub struct Supervisor {
     fault: bool,
 }
 
+/// What a session says of its phases (see [`Phases`]).
+type Reported = mpsc::UnboundedReceiver<(Phase, oneshot::Sender<()>)>;
+
 struct Active {
     queue: Arc<super::SessionQueue>,
     /// The phase the session last reported of itself; none until it has announced itself (`session_start`
@@ -122,11 +125,11 @@ impl Supervisor {
     }
 
     /// Starts a session; the receiver gets each phase it enters, in order.
-    fn start(&self, req: SessionRequest) -> (Active, mpsc::UnboundedReceiver<Phase>) {
+    fn start(&self, req: SessionRequest) -> (Active, Reported) {
         let queue = req.queue.clone();
         let (params, reporter) = (self.params.clone(), self.reporter.clone());
         let span = tracing::info_span!("session", session = %req.session);
-        let (phase_tx, phases) = mpsc::unbounded_channel();
+        let (phase_tx, phases): (Phases, Reported) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move { super::run::run_reporting(&params, req, &reporter, &phase_tx).await }.instrument(span.clone()));
         (Active { queue, phase: None, task, span }, phases)
     }
@@ -141,7 +144,9 @@ impl Supervisor {
     pub async fn run(mut self, shutdown: CancellationToken) -> Totals {
         let mut active: Option<Active> = None;
         // The running session's phases, received apart from `active` so that both can be awaited at once.
-        let mut phases: Option<mpsc::UnboundedReceiver<Phase>> = None;
+        let mut phases: Option<Reported> = None;
+        // The phase just received, answered once its state is published (the session waits for that).
+        let mut shown: Option<oneshot::Sender<()>> = None;
         let mut pending: Option<SessionRequest> = None;
         let backoff = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(backoff);
@@ -203,7 +208,7 @@ impl Supervisor {
                 done = async { active.as_mut().map(|a| &mut a.task).expect("guarded").await }, if active.is_some() => {
                     // A session that drained and ended at once: the phases not yet shown are still news (the end
                     // chime plays on its draining) before the state moves on.
-                    while let Some(p) = phases.as_mut().and_then(|r| r.try_recv().ok()) {
+                    while let Some((p, _)) = phases.as_mut().and_then(|r| r.try_recv().ok()) {
                         self.show(p);
                     }
                     let span = active.take().map(|a| a.span).unwrap_or_else(tracing::Span::none);
@@ -224,7 +229,10 @@ impl Supervisor {
                     }
                 }
                 p = async { phases.as_mut().expect("guarded").recv().await }, if phases.is_some() => match (p, active.as_mut()) {
-                    (Some(p), Some(a)) => a.phase = Some(p),
+                    (Some((p, done)), Some(a)) => {
+                        a.phase = Some(p);
+                        shown = Some(done);
+                    }
                     // The session is over (its end is the next branch to fire) or already recorded.
                     _ => phases = None,
                 },
@@ -232,6 +240,9 @@ impl Supervisor {
                 Ok(()) = speaking.changed() => {}
             }
             self.publish(&active, backing_off);
+            if let Some(done) = shown.take() {
+                let _ = done.send(());
+            }
             if let Some(done) = acknowledge.take() {
                 let _ = done.send(());
             }
@@ -251,12 +262,15 @@ impl Supervisor {
                 tokio::select! {
                     done = &mut a.task => break done,
                     p = async { phases.as_mut().expect("guarded").recv().await }, if phases.is_some() => match p {
-                        Some(p) => self.show(p),
+                        Some((p, done)) => {
+                            self.show(p);
+                            let _ = done.send(());
+                        }
                         None => phases = None,
                     },
                 }
             };
-            while let Some(p) = phases.as_mut().and_then(|r| r.try_recv().ok()) {
+            while let Some((p, _)) = phases.as_mut().and_then(|r| r.try_recv().ok()) {
                 self.show(p);
             }
             if let Ok(summary) = done {

@@ -435,6 +435,8 @@ pub struct TestDaemon {
     pub feeder: Option<Feeder>,
     /// Everything it logged, and a signal for each new line.
     log: Arc<(Mutex<String>, std::sync::Condvar)>,
+    /// Disconnected once its log has ended (the pipe's end reached).
+    log_ended: Receiver<()>,
 }
 
 impl TestDaemon {
@@ -484,7 +486,9 @@ impl TestDaemon {
         let log = Arc::new((Mutex::new(String::new()), std::sync::Condvar::new()));
         let stderr = child.0.stderr.take().unwrap();
         let sink = log.clone();
+        let (ended, log_ended) = crossbeam_channel::bounded::<()>(0);
         std::thread::spawn(move || {
+            let _ended = ended;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut log = sink.0.lock().unwrap();
                 log.push_str(&line);
@@ -492,7 +496,7 @@ impl TestDaemon {
                 sink.1.notify_all();
             }
         });
-        let mut d = TestDaemon { child, dir, socket, config, notify, feeder, log };
+        let mut d = TestDaemon { child, dir, socket, config, notify, feeder, log, log_ended };
         if ready {
             d.notified(|m| m.contains("READY=1"));
         }
@@ -536,6 +540,8 @@ impl TestDaemon {
         if rx.recv_timeout(within).is_err() {
             panic!("the daemon did not exit within {within:?}; its log:\n{}", self.log());
         }
+        // Its log is read to the end before anyone looks at it.
+        assert!(self.log_ended.recv_timeout(PATIENCE).is_err_and(|e| e.is_disconnected()), "its log did not end");
         self.child.0.try_wait().unwrap().expect("exited")
     }
 
