@@ -315,7 +315,6 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     // Streaming: until the end is decided, or either side fails.
     let mut detail = None;
     let mut reader_done = None;
-    let mut early_sink = None;
     tokio::select! {
         // The end first: a final reply that comes right after our end is the drain's, not a failure.
         biased;
@@ -331,24 +330,19 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
             reader_done = Some(r);
         }
         w = &mut writer => {
+            // The writer sends our end only once `draining` is shown, after this: ending here, it failed.
             let failure = match w {
-                // Done already: the end was decided and sent.
-                Ok(Ok(sink)) => {
-                    early_sink = Some(sink);
-                    None
-                }
+                Ok(Ok(_)) => "the writer ended before the session did".to_string(),
                 // The server went away: what the reader would have said had it seen the close first.
-                Ok(Err(e @ (WsError::ConnectionClosed | WsError::AlreadyClosed))) => Some(format!("the server closed the connection mid-session ({e})")),
+                Ok(Err(e @ (WsError::ConnectionClosed | WsError::AlreadyClosed))) => format!("the server closed the connection mid-session ({e})"),
                 Ok(Err(WsError::Io(e))) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => {
-                    Some(format!("the server closed the connection mid-session ({e})"))
+                    format!("the server closed the connection mid-session ({e})")
                 }
-                Ok(Err(e)) => Some(format!("cannot send to {url}: {e}")),
-                Err(e) => Some(format!("writer task failed: {e}")),
+                Ok(Err(e)) => format!("cannot send to {url}: {e}"),
+                Err(e) => format!("writer task failed: {e}"),
             };
-            if let Some(f) = failure {
-                detail = Some(f);
-                queue.finish(EndReason::Error);
-            }
+            detail = Some(failure);
+            queue.finish(EndReason::Error);
             writer = tokio::spawn(async move { Err(WsError::AlreadyClosed) });
         }
     }
@@ -358,7 +352,6 @@ pub async fn run_reporting(p: &Params, req: SessionRequest, reporter: &Reporter,
     // Drain 1: what is queued, then our end.
     let mut abandoned = 0;
     let sink = match tokio::time::timeout(p.drain_timeout, &mut writer).await {
-        _ if early_sink.is_some() => early_sink.take(),
         Ok(Ok(Ok(sink))) => Some(sink),
         Ok(_) => None,
         Err(_) => {

@@ -140,6 +140,13 @@ impl Supervisor {
         self.reporter.set_state(state_of(self.muted(), false, Some(phase), false));
     }
 
+    /// The phases an ended session entered that are not shown yet, in order (nobody waits for them now).
+    fn show_the_rest(&self, phases: &mut Option<Reported>) {
+        while let Some((p, _)) = phases.as_mut().and_then(|r| r.try_recv().ok()) {
+            self.show(p);
+        }
+    }
+
     /// Runs until the requests channel closes (and the last session is done) or `shutdown` fires.
     pub async fn run(mut self, shutdown: CancellationToken) -> Totals {
         let mut active: Option<Active> = None;
@@ -208,9 +215,7 @@ impl Supervisor {
                 done = async { active.as_mut().map(|a| &mut a.task).expect("guarded").await }, if active.is_some() => {
                     // A session that drained and ended at once: the phases not yet shown are still news (the end
                     // chime plays on its draining) before the state moves on.
-                    while let Some((p, _)) = phases.as_mut().and_then(|r| r.try_recv().ok()) {
-                        self.show(p);
-                    }
+                    self.show_the_rest(&mut phases);
                     let span = active.take().map(|a| a.span).unwrap_or_else(tracing::Span::none);
                     phases = None;
                     let summary = done.unwrap_or_else(|e| SessionSummary {
@@ -270,9 +275,7 @@ impl Supervisor {
                     },
                 }
             };
-            while let Some((p, _)) = phases.as_mut().and_then(|r| r.try_recv().ok()) {
-                self.show(p);
-            }
+            self.show_the_rest(&mut phases);
             if let Ok(summary) = done {
                 a.span.in_scope(|| self.record(summary));
             }
